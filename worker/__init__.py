@@ -1,0 +1,1 @@
+"""The streaming worker: fetch, decode, detect faces, classify, aggregate, publish."""

