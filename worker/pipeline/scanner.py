@@ -1,0 +1,264 @@
+"""The detection pipeline: request -> frames -> faces -> fake scores -> verdict.
+
+Split in two so a streaming worker can batch across videos: `load` (fetch + decode, I/O
+bound, safe to run in a thread pool) and `analyze` (face detection over the frames of all
+videos at once, then classification over all their faces at once, from one thread).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import structlog
+
+from worker.media.decode import decode_frames
+from worker.media.sources import fetch
+from worker.models.bundle import ModelBundle, load_bundle
+from worker.models.classifier import FakeClassifier
+from worker.models.crops import crop_faces
+from worker.models.retinaface import FaceDetector
+from worker.pipeline.aggregate import STRATEGIES, aggregate, frame_scores
+from worker.settings import Settings
+from worker.types import (
+    LABEL_FAKE,
+    LABEL_NO_FACE,
+    LABEL_REAL,
+    DecodedVideo,
+    FaceResult,
+    Frame,
+    ModelInfo,
+    ScanError,
+    ScanRequest,
+    Verdict,
+    VideoInfo,
+)
+
+log = structlog.get_logger(__name__)
+
+# Still images are scanned as a one-frame video (the CLI accepts photos too); anything
+# else goes to the video decoder, so an image renamed .mp4 is refused there.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+CacheLookup = Callable[[str], "Verdict | None"]
+
+
+class Scanner:
+    def __init__(self, settings: Settings, bundle: ModelBundle | None = None):
+        if bundle is None:
+            if not settings.model_dir:
+                raise ValueError("no model bundle: set DFD_MODEL_DIR (or pass --model-dir)")
+            bundle = load_bundle(settings.model_dir)
+        self.settings = settings
+        self.bundle = bundle
+        self.detector = FaceDetector(settings)
+        self.classifier = FakeClassifier(bundle, settings)
+        self.info: ModelInfo = bundle.info
+        self.threshold = settings.threshold if settings.threshold >= 0 else bundle.threshold
+        self.aggregation = settings.aggregation or bundle.aggregation
+        if self.aggregation not in STRATEGIES:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(STRATEGIES)}")
+        self.providers = {"detector": self.detector.providers, "classifier": self.classifier.providers}
+        log.info(
+            "scanner_ready",
+            model=self.info.name,
+            version=self.info.version,
+            trained=self.info.trained,
+            demo=self.info.demo,
+            threshold=self.threshold,
+            aggregation=self.aggregation,
+            providers=self.providers,
+        )
+
+    # -- stage 1: fetch and decode (thread pool) ------------------------------------
+    def load(
+        self,
+        request: ScanRequest,
+        extra_roots: Sequence[str] = (),
+        cache_lookup: CacheLookup | None = None,
+    ) -> DecodedVideo | Verdict:
+        """Frames of one video, a cached verdict, or an error verdict. Never raises for bad input."""
+        timings: dict[str, float] = {}
+        try:
+            t0 = time.perf_counter()
+            source = self._with_retries(lambda: fetch(request, self.settings, extra_roots))
+            timings["fetch"] = _ms_since(t0)
+            with source:
+                if cache_lookup is not None:
+                    hit = cache_lookup(source.sha256)
+                    if hit is not None:
+                        return _readdress(hit, request)
+                t0 = time.perf_counter()
+                if source.path.suffix.lower() in IMAGE_SUFFIXES:
+                    frames, info = _read_image(source.path)
+                else:
+                    frames, info = decode_frames(source.path, self.settings)
+                timings["decode"] = _ms_since(t0)
+            return DecodedVideo(request, frames, info, content_sha256=source.sha256, timings_ms=timings)
+        except ScanError as exc:
+            return self._error(request, exc, timings)
+        except Exception as exc:  # a bug or a library failure must not take the worker down
+            log.exception("load_failed", request_id=request.request_id)
+            return self._error(request, ScanError("internal_error", f"{type(exc).__name__}: {exc}"), timings)
+
+    def _with_retries(self, attempt: Callable):
+        delay = self.settings.retry_backoff_s
+        for n in range(1, self.settings.retry_max_attempts + 1):
+            try:
+                return attempt()
+            except ScanError as exc:
+                if not exc.transient or n == self.settings.retry_max_attempts:
+                    if exc.transient:
+                        exc.reason = f"{exc.reason} (after {n} attempts)"
+                    raise
+                log.warning("transient_failure_retrying", code=exc.code, reason=exc.reason, attempt=n)
+                time.sleep(delay)
+                delay *= 2
+
+    # -- stage 2: detect, crop, classify, aggregate (one thread, batched) -------------
+    def analyze(self, videos: list[DecodedVideo]) -> list[Verdict]:
+        """One verdict per video, in order; detection and classification batched across all of them."""
+        if not videos:
+            return []
+        try:
+            return self._analyze(videos)
+        except Exception as exc:
+            log.exception("analyze_failed", videos=len(videos))
+            err = ScanError("internal_error", f"{type(exc).__name__}: {exc}")
+            return [self._error(v.request, err, v.timings_ms) for v in videos]
+
+    def _analyze(self, videos: list[DecodedVideo]) -> list[Verdict]:
+        frames: list[tuple[int, Frame]] = [(vi, f) for vi, v in enumerate(videos) for f in v.frames]
+        n_frames = np.array([len(v.frames) for v in videos], dtype=np.float64)
+
+        t0 = time.perf_counter()
+        detections = self.detector.detect([f.image for _, f in frames])
+        detect_ms = _ms_since(t0)
+
+        t0 = time.perf_counter()
+        crops, owners = [], []  # owners[i] = (video index, frame, detection) of crops[i]
+        for (vi, frame), dets in zip(frames, detections):
+            if not dets:
+                continue
+            crops.append(
+                crop_faces(frame.image, dets, self.bundle.input_size, self.bundle.crop_margin, self.bundle.align_faces)
+            )
+            owners.extend((vi, frame, d) for d in dets)
+        crop_ms = _ms_since(t0)
+
+        t0 = time.perf_counter()
+        scores = self.classifier.predict(np.concatenate(crops)) if crops else np.zeros(0, np.float32)
+        classify_ms = _ms_since(t0)
+
+        n_faces = np.bincount([o[0] for o in owners], minlength=len(videos)).astype(np.float64)
+        verdicts = []
+        for vi, video in enumerate(videos):
+            # Batched stage times are shared out by each video's share of the work.
+            timings = dict(video.timings_ms)
+            timings["detect"] = detect_ms * n_frames[vi] / max(n_frames.sum(), 1)
+            timings["crop"] = crop_ms * n_faces[vi] / max(n_faces.sum(), 1)
+            timings["classify"] = classify_ms * n_faces[vi] / max(n_faces.sum(), 1)
+            faces = [
+                FaceResult(frame.index, frame.time_s, [float(v) for v in d.box], float(d.score), float(s))
+                for (owner, frame, d), s in zip(owners, scores)
+                if owner == vi
+            ]
+            verdicts.append(self._verdict(video, faces, timings))
+        return verdicts
+
+    def _verdict(self, video: DecodedVideo, faces: list[FaceResult], timings: dict[str, float]) -> Verdict:
+        req = video.request
+        common = dict(
+            request_id=req.request_id,
+            uri=req.uri,
+            threshold=self.threshold,
+            aggregation=self.aggregation,
+            model=self.info,
+            faces=faces,
+            frames_sampled=len(video.frames),
+            content_sha256=video.content_sha256,
+            timings_ms=timings,
+            metadata=req.metadata,
+        )
+        if not faces:
+            return Verdict(
+                label=LABEL_NO_FACE,
+                reason=f"no face found in {len(video.frames)} sampled frames",
+                **common,
+            )
+        t0 = time.perf_counter()
+        ids, per_frame = frame_scores([f.frame_index for f in faces], [f.fake_score for f in faces])
+        score = aggregate(per_frame, self.aggregation)
+        timings["aggregate"] = _ms_since(t0)
+        return Verdict(
+            label=LABEL_FAKE if score >= self.threshold else LABEL_REAL,
+            score=score,
+            frames_with_faces=int(ids.size),
+            **common,
+        )
+
+    def _error(self, request: ScanRequest, exc: ScanError, timings: dict[str, float]) -> Verdict:
+        return Verdict.error(request, exc, model=self.info, timings_ms=dict(timings))
+
+    # -- convenience: the whole path in one process -------------------------------------
+    def scan(self, requests: Sequence[ScanRequest], extra_roots: Sequence[str] = ()) -> list[Verdict]:
+        """Verdicts for `requests` in order: loads in a thread pool, analyses in batches."""
+        results: list[Verdict | None] = [None] * len(requests)
+        batch: list[tuple[int, DecodedVideo]] = []
+        batch_frames = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_frames
+            for (i, _), verdict in zip(batch, self.analyze([v for _, v in batch])):
+                results[i] = verdict
+            batch, batch_frames = [], 0
+
+        workers = max(1, self.settings.decode_threads)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            # A bounded window of loads in flight keeps the next videos decoding while this
+            # thread runs the models, without holding every decoded video in memory.
+            pending: deque = deque()
+            todo = iter(enumerate(requests))
+            for i, req in islice(todo, 2 * workers):
+                pending.append((i, pool.submit(self.load, req, extra_roots)))
+            while pending:
+                i, fut = pending.popleft()
+                loaded = fut.result()
+                for j, req in islice(todo, 1):
+                    pending.append((j, pool.submit(self.load, req, extra_roots)))
+                if isinstance(loaded, Verdict):
+                    results[i] = loaded
+                    continue
+                batch.append((i, loaded))
+                batch_frames += len(loaded.frames)
+                if batch_frames >= self.settings.max_batch_frames:
+                    flush()
+            flush()
+        return [r for r in results if r is not None]
+
+
+def _read_image(path: Path) -> tuple[list[Frame], VideoInfo]:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ScanError("unreadable_media", f"{path.name} is not a readable image")
+    rgb = np.ascontiguousarray(img[:, :, ::-1])
+    h, w = rgb.shape[:2]
+    return [Frame(0, 0.0, rgb)], VideoInfo(width=w, height=h, codec="image", strategy="image")
+
+
+def _readdress(cached: Verdict, request: ScanRequest) -> Verdict:
+    """A verdict found by content hash, answered for this request."""
+    d = cached.to_dict()
+    d.update(request_id=request.request_id, uri=request.uri, metadata=request.metadata, cached=True)
+    return Verdict.from_dict(d)
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
