@@ -50,8 +50,8 @@ class Settings:
     nms_iou_threshold: float = _opt(0.4, "IoU above which overlapping detections are merged.")
     min_face_px: int = _opt(24, "Faces smaller than this (short side, original pixels) are ignored.")
     max_faces_per_frame: int = _opt(4, "Largest faces kept per frame.")
-    crop_margin: float = _opt(0.3, "Margin added around a face box before the square crop (fraction of box size).")
-    align_faces: bool = _opt(False, "Rotate crops so the eyes are level (5-point alignment).")
+    crop_margin: float = _opt(0.3, "Margin around a face box before the square crop (fraction of box size) used by `dfd-train prepare`; the worker uses the one recorded in the model bundle, so it crops as the model was trained.")
+    align_faces: bool = _opt(False, "Rotate crops so the eyes are level (5-point alignment) in `dfd-train prepare`; the worker follows the bundle.")
     # --- classifier ------------------------------------------------------------
     model_dir: str = _opt("", "Model bundle folder (manifest.json + ONNX). Required for scanning.")
     aggregation: str = _opt(
