@@ -1,0 +1,103 @@
+"""training.metrics against scikit-learn, and threshold searches whose answer is known."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from training import metrics
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 400)
+    # overlapping classes, with ties (rounded scores) to exercise the tie handling
+    scores = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1), 2)
+    return labels, scores
+
+
+def test_auc_and_ap_match_sklearn(scored):
+    labels, scores = scored
+    assert metrics.roc_auc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.average_precision(labels, scores) == pytest.approx(
+        skm.average_precision_score(labels, scores), abs=1e-12
+    )
+
+
+def test_roc_curve_matches_sklearn(scored):
+    labels, scores = scored
+    fpr, tpr, thr = metrics.roc_curve(labels, scores)
+    sk_fpr, sk_tpr, sk_thr = skm.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    np.testing.assert_allclose(thr[1:], sk_thr[1:])
+
+
+def test_confusion_f1_accuracy_match_sklearn(scored):
+    labels, scores = scored
+    pred = (scores >= 0.5).astype(int)
+    np.testing.assert_array_equal(metrics.confusion(labels, scores, 0.5), skm.confusion_matrix(labels, pred))
+    s = metrics.summarize(labels, scores, 0.5)
+    assert s.f1 == pytest.approx(skm.f1_score(labels, pred))
+    assert s.accuracy == pytest.approx(skm.accuracy_score(labels, pred))
+    assert s.precision == pytest.approx(skm.precision_score(labels, pred))
+    assert s.recall == pytest.approx(skm.recall_score(labels, pred))
+
+
+def test_eer_known_answer():
+    # reals 0.0..0.9, fakes 0.3..1.2 (scaled): at t=0.65 exactly 3/10 of each side err
+    reals = np.arange(10) / 10
+    fakes = reals + 0.35
+    labels = np.r_[np.zeros(10), np.ones(10)]
+    rate, thr = metrics.eer(labels, np.r_[reals, fakes] / 1.35)
+    assert rate == pytest.approx(0.3, abs=0.05)
+    assert 0.6 / 1.35 <= thr <= 0.7 / 1.35
+
+
+def test_eer_perfect_separation_is_zero():
+    labels = np.r_[np.zeros(5), np.ones(5)]
+    rate, _ = metrics.eer(labels, np.r_[np.linspace(0, 0.4, 5), np.linspace(0.6, 1, 5)])
+    assert rate == 0.0
+
+
+def test_best_f1_threshold_separates_separable_sets():
+    labels = np.r_[np.zeros(50), np.ones(50)]
+    scores = np.r_[np.linspace(0.05, 0.30, 50), np.linspace(0.70, 0.95, 50)]
+    t = metrics.best_f1_threshold(labels, scores)
+    assert 0.30 < t <= 0.70
+    assert metrics.f1_at(labels, scores, t) == 1.0
+
+
+def test_best_f1_threshold_known_optimum():
+    # one fake scored low (0.2) and one real scored high (0.8): the best F1 keeps 0.5..0.8 as fake
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.15, 0.3, 0.35, 0.2, 0.6, 0.7, 0.9, 0.95, 0.8])
+    t = metrics.best_f1_threshold(labels, scores)
+    assert 0.35 < t <= 0.6
+    # brute force over a fine grid agrees
+    grid = np.linspace(0, 1, 1001)
+    assert metrics.f1_at(labels, scores, t) == pytest.approx(max(metrics.f1_at(labels, scores, g) for g in grid))
+
+
+def test_threshold_for_fpr_and_precision():
+    reals = np.linspace(0.0, 0.99, 100)  # FPR at threshold t is about 1 - t
+    fakes = np.full(20, 0.995)
+    labels = np.r_[np.zeros(100), np.ones(20)]
+    scores = np.r_[reals, fakes]
+    t = metrics.threshold_for_fpr(labels, scores, 0.05)
+    assert np.mean(reals >= t) <= 0.05
+    assert np.mean(reals >= t - 0.011) > 0.05  # and it is the lowest such threshold
+    t = metrics.threshold_for_precision(labels, scores, 0.8)
+    pred = scores >= t
+    assert labels[pred].mean() >= 0.8
+    assert labels[scores >= t - 0.011].mean() < 0.8
+
+
+def test_bad_inputs_are_clear():
+    with pytest.raises(ValueError, match="labels but"):
+        metrics.roc_auc([0, 1], [0.5])
+    with pytest.raises(ValueError, match="0 \\(real\\) or 1"):
+        metrics.roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        metrics.tune_threshold([0, 1], [0.1, 0.9], "median")
+    assert np.isnan(metrics.roc_auc([1, 1], [0.1, 0.9]))
