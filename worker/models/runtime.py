@@ -1,0 +1,77 @@
+"""ONNX Runtime sessions: execution providers chosen by configuration, threads set sensibly.
+
+Every model of the worker (face detector, classifier) gets its session here, so provider
+choice, thread counts and the report of what is really in use live in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": CPU,
+}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+def requested_providers(settings: Settings) -> list[str]:
+    """ORT provider names wanted by `settings.providers`, in order, available ones only, CPU last."""
+    names: list[str] = []
+    for choice in settings.providers or ("auto",):
+        key = choice.strip().lower()
+        if key == "auto":
+            names.extend(PROVIDER_NAMES[k] for k in AUTO_ORDER)
+        elif key in PROVIDER_NAMES:
+            names.append(PROVIDER_NAMES[key])
+        else:
+            raise ValueError(f"unknown execution provider {choice!r}: use auto, tensorrt, cuda or cpu")
+    available = set(ort.get_available_providers())
+    ordered: list[str] = []
+    for name in names:
+        if name in available and name not in ordered and name != CPU:
+            ordered.append(name)
+    # CPU always closes the list: a GPU provider that fails at session creation falls back to it.
+    ordered.append(CPU)
+    return ordered
+
+
+def intra_op_threads(settings: Settings) -> int:
+    if settings.intra_op_threads > 0:
+        return settings.intra_op_threads
+    # The cores this process may run on (a container's CPU set), not the machine's count.
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def create_session(model: bytes | str | Path, settings: Settings) -> ort.InferenceSession:
+    """An inference session for `model` (ONNX bytes or a file path) with the configured providers."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads(settings)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    wanted = requested_providers(settings)
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, sess_options=options, providers=wanted)
+    in_use = active_providers(session)
+    label = "<bytes>" if isinstance(model, bytes) else str(model)
+    log.info("onnx session for %s: providers requested %s, in use %s, %d intra-op threads",
+             label, wanted, in_use, options.intra_op_num_threads)
+    if in_use and wanted[0] != in_use[0]:
+        log.warning("execution provider %s was requested but %s is in use", wanted[0], in_use[0])
+    return session
+
+
+def active_providers(session: ort.InferenceSession) -> list[str]:
+    """The providers the session actually runs on (a requested GPU provider may have fallen back)."""
+    return list(session.get_providers())
