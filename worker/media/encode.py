@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import av
 import numpy as np
@@ -18,11 +18,16 @@ def encode_clip(
     gop: int | None = None,
     crf: int = 23,
     rotation: int = 0,
+    times_s: Sequence[float] | None = None,
 ) -> Path:
     """Write RGB uint8 frames (all one size, even dimensions) to `path`; returns the path.
 
-    `gop` sets the keyframe interval (None: the encoder's default); `rotation` writes the
-    display-matrix rotation a phone would, so decoders must rotate the frames back.
+    The container follows the file name (.mp4, .mkv, .ts, ...). `gop` sets the keyframe
+    interval (None: the encoder's default). `rotation` is the clockwise angle a player must
+    turn the stored frames to show them upright, as a phone filming in portrait records it
+    (the legacy `rotate` tag); it is written as the display matrix, so decoders must rotate
+    the frames back. `times_s` gives each frame's presentation time for a variable frame
+    rate clip (then `fps` is only the nominal rate).
     """
     path = Path(path)
     with av.open(str(path), "w") as out:
@@ -32,19 +37,24 @@ def encode_clip(
         if gop is not None:
             stream.codec_context.gop_size = gop
             options["keyint_min"] = str(gop)
+        if times_s is not None:
+            # Millisecond timestamps carry the irregular times. No B-frames: with them x264's
+            # decode timestamps of a VFR clip make the mp4 muxer write a short duration.
+            stream.codec_context.time_base = Fraction(1, 1000)
+            options["bframes"] = "0"
         stream.options = options
-        first = True
-        for img in frames:
-            if first:
+        if rotation:
+            # PyAV's angle is counter-clockwise (as VideoFrame.rotation reads it back).
+            stream.set_display_rotation(-rotation)
+        for i, img in enumerate(frames):
+            if i == 0:
                 stream.height, stream.width = img.shape[:2]
-                first = False
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            if times_s is not None:
+                frame.pts = round(times_s[i] * 1000)
+                frame.time_base = Fraction(1, 1000)
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-        if rotation:
-            # PyAV exposes the display matrix as side data on the stream only in newer
-            # builds; metadata "rotate" is what FFmpeg's muxers honour.
-            stream.metadata["rotate"] = str(rotation)
     return path

@@ -1,0 +1,389 @@
+"""Sample N frames spread over a video with PyAV, cheaply and within caps.
+
+Two ways to reach the sampled frames give the same pixels:
+- "seek": jump to the keyframe before each target time and decode forward from there
+  (skipping the jump when the target lies in the group of pictures already being decoded);
+- "sequential": decode every frame from the start and keep the ones wanted.
+Seeking wins when keyframes are close together compared with the spacing of the targets;
+sequential wins for long GOPs, short clips and containers without a keyframe index.
+Only the kept frames are converted to RGB. The frame kept for target time t is the one on
+screen at t: the last frame whose presentation time is <= t.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from worker.settings import Settings
+from worker.types import Frame, ScanError, VideoInfo
+
+# Demuxers FFmpeg uses for still images and text: a video container never opens with these.
+_STILL_IMAGE_FORMATS = {"image2", "apng"}
+# A seek flushes the decoder and re-reads from a keyframe: count it as this many frames.
+_SEEK_COST_FRAMES = 4
+# Seeking must save at least this fraction of the frames decoded to be worth it.
+_SEEK_MIN_SAVING = 0.2
+_EPS = 1e-6
+
+
+def sample_times(duration_s: float, n: int) -> list[float]:
+    """`n` times spread over `duration_s`: the centres of `n` equal segments."""
+    if n <= 0 or duration_s <= 0:
+        return []
+    step = duration_s / n
+    return [(i + 0.5) * step for i in range(n)]
+
+
+def decode_frames(path: str | Path, settings: Settings) -> tuple[list[Frame], VideoInfo]:
+    """Decode `settings.frames_per_video` frames spread over the video at `path`.
+
+    Returns upright RGB frames and what was learned about the video; raises ScanError with a
+    code (`unreadable_media`, `no_video_stream`, `too_large`, `too_long`, `decode_timeout`,
+    `no_frames`) and a readable reason for anything that is not a decodable video.
+    """
+    path = Path(path)
+    clock = _Clock(settings.decode_timeout_s)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ScanError("unreadable_media", f"cannot read {path.name}: {exc.strerror}") from exc
+    if size == 0:
+        raise ScanError("unreadable_media", "the file is empty (0 bytes)")
+
+    container = _open(path)
+    try:
+        probe = _probe(container, path)
+        _check_caps(probe, settings)
+        if probe.duration_s is None:
+            probe.duration_s = _demux_duration(container, probe, clock)
+            _check_caps(probe, settings)
+            container.close()
+            container = _open(path)
+            probe.stream = container.streams.video[0]
+        targets = sample_times(probe.duration_s, settings.frames_per_video)
+        stream = probe.stream
+        stream.codec_context.thread_type = "AUTO"
+        keyframes = _keyframe_times(stream, probe)
+        strategy = _choose_strategy(targets, keyframes, probe)
+        info = VideoInfo(
+            width=probe.width,
+            height=probe.height,
+            duration_s=probe.duration_s,
+            fps=probe.fps,
+            codec=probe.codec,
+            strategy=strategy,
+        )
+        picked = _pick(container, probe, targets, keyframes if strategy == "seek" else None, clock, settings)
+        frames, info.rotation = _to_frames(picked, probe)
+    finally:
+        container.close()
+    if not frames:
+        raise ScanError("no_frames", "no frame could be decoded from the video stream")
+    if info.rotation in (90, 270):
+        info.width, info.height = info.height, info.width
+    return frames, info
+
+
+# --- opening and probing ---------------------------------------------------------------
+
+
+@dataclass
+class _Probe:
+    stream: av.video.stream.VideoStream
+    width: int
+    height: int
+    codec: str
+    fps: float
+    duration_s: float | None
+    start_pts: int  # presentation timestamp of time 0, in stream time base
+    time_base: Fraction
+    rotate_tag: int  # clockwise degrees from a legacy `rotate` tag, 0 if none
+
+
+class _Clock:
+    """Wall-clock budget for one video's decode."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self.deadline = time.monotonic() + limit_s
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ScanError(
+                "decode_timeout", f"decoding took longer than the {self.limit_s:g} s limit", transient=False
+            )
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r", metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        raise ScanError("unreadable_media", f"not a readable video file ({_ffmpeg_message(exc)})") from exc
+
+
+def _ffmpeg_message(exc: av.FFmpegError) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _probe(container: av.container.InputContainer, path: Path) -> _Probe:
+    fmt = container.format.name
+    if fmt == "tty":
+        raise ScanError("unreadable_media", f"{path.name} is a text file, not a video")
+    if fmt in _STILL_IMAGE_FORMATS or fmt.endswith("_pipe"):
+        raise ScanError("unreadable_media", f"{path.name} is a still image ({fmt}), not a video")
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        has = f"only {' and '.join(kinds)} streams" if kinds else "no streams"
+        raise ScanError("no_video_stream", f"the file has no video stream ({has})")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if not ctx.width or not ctx.height:
+        raise ScanError("unreadable_media", "the video stream has no frame size (corrupt or unsupported)")
+    tb = stream.time_base or Fraction(1, av.time_base)
+    start_pts = stream.start_time or 0
+    duration_s = None
+    if stream.duration:
+        duration_s = float(stream.duration * tb)
+    elif container.duration:
+        # Container duration counts from the container's start, which may precede ours.
+        duration_s = container.duration / av.time_base
+        if stream.start_time is not None and container.start_time is not None:
+            duration_s -= float(stream.start_time * tb) - container.start_time / av.time_base
+    if duration_s is not None and duration_s <= 0:
+        duration_s = None
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    if stream.frames and duration_s:
+        fps = stream.frames / duration_s
+    try:
+        rotate_tag = int(float(stream.metadata.get("rotate", "0"))) % 360
+    except ValueError:
+        rotate_tag = 0
+    return _Probe(stream, ctx.width, ctx.height, ctx.name, fps, duration_s, start_pts, tb, rotate_tag)
+
+
+def _check_caps(probe: _Probe, settings: Settings) -> None:
+    pixels = probe.width * probe.height
+    if pixels > settings.max_pixels:
+        raise ScanError(
+            "too_large",
+            f"frame size {probe.width}x{probe.height} ({pixels} pixels) is over the limit of {settings.max_pixels}",
+        )
+    if probe.duration_s is not None and probe.duration_s > settings.max_duration_s:
+        raise ScanError(
+            "too_long", f"duration {probe.duration_s:.1f} s is over the limit of {settings.max_duration_s:g} s"
+        )
+
+
+def _demux_duration(container: av.container.InputContainer, probe: _Probe, clock: _Clock) -> float:
+    """Duration from reading every packet (no decoding), for containers that don't state it."""
+    last_end = None
+    first = None
+    count = 0
+    try:
+        for packet in container.demux(probe.stream):
+            clock.check()
+            if packet.size == 0:
+                continue
+            count += 1
+            if packet.pts is not None:
+                first = packet.pts if first is None else min(first, packet.pts)
+                end = packet.pts + (packet.duration or 0)
+                last_end = end if last_end is None else max(last_end, end)
+    except av.FFmpegError:
+        pass  # a damaged tail: what was read so far stands
+    if count == 0:
+        raise ScanError("no_frames", "the video stream holds no frames")
+    if last_end is not None and first is not None and last_end > first:
+        probe.start_pts = first
+        return float((last_end - first) * probe.time_base)
+    if probe.fps > 0:
+        return count / probe.fps
+    raise ScanError("unreadable_media", "the video has neither timestamps nor a frame rate")
+
+
+# --- choosing how to reach the targets ----------------------------------------------------
+
+
+def _keyframe_times(stream: av.video.stream.VideoStream, probe: _Probe) -> list[float]:
+    """Keyframe times (s, from decode timestamps) from the container's index; [] if none."""
+    try:
+        entries = stream.index_entries
+        times = [
+            float((e.timestamp - probe.start_pts) * probe.time_base) for e in entries if e.is_keyframe
+        ]
+    except (AttributeError, av.FFmpegError):
+        return []
+    return sorted(times)
+
+
+def _choose_strategy(targets: list[float], keyframes: list[float], probe: _Probe) -> str:
+    """Estimate frames decoded either way and pick the cheaper; no index means sequential."""
+    if len(keyframes) < 2 or not targets or probe.fps <= 0:
+        return "sequential"
+    sequential = targets[-1] * probe.fps
+    seeking = 0.0
+    position = -math.inf  # time the decoder has reached
+    for t in targets:
+        kf = keyframes[max(bisect.bisect_right(keyframes, t + _EPS) - 1, 0)]
+        if kf > position:
+            seeking += _SEEK_COST_FRAMES + (t - kf) * probe.fps
+        else:
+            seeking += (t - position) * probe.fps
+        position = t
+    return "seek" if seeking < (1 - _SEEK_MIN_SAVING) * sequential else "sequential"
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def _decoded(container: av.container.InputContainer, probe: _Probe, clock: _Clock) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order from the current position; stops at EOF or damage."""
+    stream = probe.stream
+    try:
+        for packet in container.demux(stream):
+            clock.check()
+            for frame in packet.decode():
+                clock.check()
+                yield frame
+    except av.FFmpegError:
+        return  # truncated or corrupt from here on: keep what was decoded
+
+
+def _time_of(frame: av.VideoFrame, probe: _Probe, fallback: float) -> float:
+    if frame.pts is None:
+        return fallback
+    return float((frame.pts - probe.start_pts) * probe.time_base)
+
+
+class _Cursor:
+    """Walks decoded frames forward, knowing the frame on screen and the next one."""
+
+    def __init__(self, frames: Iterator[av.VideoFrame], probe: _Probe, settings: Settings):
+        self._frames = frames
+        self._probe = probe
+        self._max_s = settings.max_duration_s
+        self.step = 1 / probe.fps if probe.fps > 0 else 0.0
+        self.shown: tuple[float, av.VideoFrame] | None = None
+        self.ahead = self._next(0.0)
+
+    def _next(self, fallback: float) -> tuple[float, av.VideoFrame] | None:
+        frame = next(self._frames, None)
+        if frame is None:
+            return None
+        t = _time_of(frame, self._probe, fallback)
+        if t > self._max_s:
+            raise ScanError("too_long", f"the video runs past the limit of {self._max_s:g} s")
+        return t, frame
+
+    @property
+    def position(self) -> float:
+        """Time of the last frame decoded (inf at the end of the stream)."""
+        return math.inf if self.ahead is None else self.ahead[0]
+
+    def frame_at(self, target: float) -> tuple[float, av.VideoFrame] | None:
+        """The frame on screen at `target`; None past the end of the stream."""
+        while self.ahead is not None and self.ahead[0] <= target + _EPS:
+            self.shown = self.ahead
+            self.ahead = self._next(self.shown[0] + self.step)
+        if self.shown is None:
+            return self.ahead  # target before the first frame reached: the nearest one
+        if self.ahead is None and target >= self.shown[0] + max(self.step, _EPS):
+            return None
+        return self.shown
+
+
+def _pick(
+    container: av.container.InputContainer,
+    probe: _Probe,
+    targets: list[float],
+    keyframes: list[float] | None,
+    clock: _Clock,
+    settings: Settings,
+) -> list[tuple[float, av.VideoFrame]]:
+    """The frames on screen at `targets`; `keyframes` given: seek to them when it pays."""
+    picked: list[tuple[float, av.VideoFrame]] = []
+    cursor: _Cursor | None = None
+    for target in targets:
+        if cursor is None:
+            cursor = (
+                _seek(container, probe, target, clock, settings)
+                if keyframes
+                else _Cursor(_decoded(container, probe, clock), probe, settings)
+            )
+        elif keyframes:
+            kf = keyframes[max(bisect.bisect_right(keyframes, target + _EPS) - 1, 0)]
+            if kf > cursor.position + _EPS and cursor.position < math.inf:
+                cursor = _seek(container, probe, target, clock, settings)
+        found = cursor.frame_at(target)
+        if found is None:
+            break  # past the last decodable frame (truncated file)
+        picked.append(found)
+    return picked
+
+
+def _seek(
+    container: av.container.InputContainer, probe: _Probe, target: float, clock: _Clock, settings: Settings
+) -> _Cursor:
+    """Seek to the keyframe before `target` and return a cursor there.
+
+    Containers index keyframes by decode time, which runs ahead of presentation time when
+    B-frames are reordered, so a seek can land on a keyframe shown after `target`: then seek
+    again further back.
+    """
+    back_off = 0.0
+    for _ in range(4):
+        seek_s = max(target - back_off, 0.0)
+        try:
+            container.seek(probe.start_pts + int(seek_s / probe.time_base), stream=probe.stream, backward=True)
+        except av.FFmpegError:
+            break
+        cursor = _Cursor(_decoded(container, probe, clock), probe, settings)
+        if cursor.ahead is None or cursor.ahead[0] <= target + _EPS or seek_s == 0.0:
+            return cursor
+        back_off = max(2 * back_off, cursor.ahead[0] - target + 1.0)
+    # Seeking misbehaves in this file: decode from the start.
+    container.seek(probe.start_pts, stream=probe.stream, backward=True)
+    return _Cursor(_decoded(container, probe, clock), probe, settings)
+
+
+# --- conversion ---------------------------------------------------------------------------
+
+
+def _to_frames(picked: list[tuple[float, av.VideoFrame]], probe: _Probe) -> tuple[list[Frame], int]:
+    """Convert the kept frames to upright RGB; returns them and the clockwise rotation applied."""
+    frames: list[Frame] = []
+    rotation = 0
+    converted: dict[int, np.ndarray] = {}
+    for index, (t, frame) in enumerate(picked):
+        if index == 0:
+            rotation = _rotation_cw(frame, probe)
+        image = converted.get(id(frame))
+        if image is None:
+            image = frame.to_ndarray(format="rgb24")
+            if rotation:
+                # np.rot90 turns counter-clockwise for positive k.
+                image = np.rot90(image, k=-rotation // 90)
+            image = np.ascontiguousarray(image)
+            converted[id(frame)] = image
+        frames.append(Frame(index=index, time_s=t, image=image))
+    return frames, rotation
+
+
+def _rotation_cw(frame: av.VideoFrame, probe: _Probe) -> int:
+    """Clockwise degrees (0, 90, 180, 270) to turn the stored frame upright."""
+    try:
+        ccw = frame.rotation  # from the display matrix side data
+    except (AttributeError, ValueError):
+        ccw = 0
+    cw = (-round(ccw / 90) * 90) % 360 if ccw else probe.rotate_tag
+    return cw if cw in (0, 90, 180, 270) else 0
