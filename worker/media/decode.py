@@ -43,9 +43,12 @@ def sample_times(duration_s: float, n: int) -> list[float]:
     return [(i + 0.5) * step for i in range(n)]
 
 
-def decode_frames(path: str | Path, settings: Settings) -> tuple[list[Frame], VideoInfo]:
+def decode_frames(
+    path: str | Path, settings: Settings, *, strategy: str | None = None
+) -> tuple[list[Frame], VideoInfo]:
     """Decode `settings.frames_per_video` frames spread over the video at `path`.
 
+    `strategy` forces "seek" or "sequential" (benchmarks, tests); None picks the cheaper.
     Returns upright RGB frames and what was learned about the video; raises ScanError with a
     code (`unreadable_media`, `no_video_stream`, `too_large`, `too_long`, `decode_timeout`,
     `no_frames`) and a readable reason for anything that is not a decodable video.
@@ -73,7 +76,10 @@ def decode_frames(path: str | Path, settings: Settings) -> tuple[list[Frame], Vi
         stream = probe.stream
         stream.codec_context.thread_type = "AUTO"
         keyframes = _keyframe_times(stream, probe)
-        strategy = _choose_strategy(targets, keyframes, probe)
+        if strategy is None:
+            strategy = _choose_strategy(targets, keyframes, probe)
+        elif strategy not in ("seek", "sequential"):
+            raise ValueError(f"unknown decode strategy {strategy!r}")
         info = VideoInfo(
             width=probe.width,
             height=probe.height,
@@ -82,7 +88,18 @@ def decode_frames(path: str | Path, settings: Settings) -> tuple[list[Frame], Vi
             codec=probe.codec,
             strategy=strategy,
         )
-        picked = _pick(container, probe, targets, keyframes if strategy == "seek" else None, clock, settings)
+        # Seeking needs a keyframe index only to decide when to skip; the seek itself doesn't.
+        if strategy == "seek" and not keyframes:
+            keyframes = [0.0]
+        try:
+            picked = _pick(container, probe, targets, keyframes if strategy == "seek" else None, clock, settings)
+        except _SeekFailed:
+            container.close()
+            container = _open(path)
+            probe.stream = container.streams.video[0]
+            probe.stream.codec_context.thread_type = "AUTO"
+            info.strategy = "sequential"
+            picked = _pick(container, probe, targets, None, clock, settings)
         frames, info.rotation = _to_frames(picked, probe)
     finally:
         container.close()
@@ -337,23 +354,29 @@ def _seek(
     """Seek to the keyframe before `target` and return a cursor there.
 
     Containers index keyframes by decode time, which runs ahead of presentation time when
-    B-frames are reordered, so a seek can land on a keyframe shown after `target`: then seek
-    again further back.
+    B-frames are reordered, so a seek can land on a keyframe shown after `target`; formats
+    without an index (MPEG-TS) seek by byte position and may land past every keyframe.
+    Then seek again further back; after three misses give up (the caller decodes
+    sequentially).
     """
     back_off = 0.0
-    for _ in range(4):
+    for _ in range(3):
         seek_s = max(target - back_off, 0.0)
         try:
             container.seek(probe.start_pts + int(seek_s / probe.time_base), stream=probe.stream, backward=True)
-        except av.FFmpegError:
-            break
+        except av.FFmpegError as exc:
+            raise _SeekFailed(str(exc)) from exc
         cursor = _Cursor(_decoded(container, probe, clock), probe, settings)
-        if cursor.ahead is None or cursor.ahead[0] <= target + _EPS or seek_s == 0.0:
+        if cursor.ahead is not None and cursor.ahead[0] <= target + _EPS:
             return cursor
-        back_off = max(2 * back_off, cursor.ahead[0] - target + 1.0)
-    # Seeking misbehaves in this file: decode from the start.
-    container.seek(probe.start_pts, stream=probe.stream, backward=True)
-    return _Cursor(_decoded(container, probe, clock), probe, settings)
+        # Landed after the target, or where nothing decodes (no keyframe follows): go back.
+        late = cursor.ahead[0] - target if cursor.ahead is not None else 0.0
+        back_off = max(2 * back_off, late + 1.0)
+    raise _SeekFailed(f"no keyframe found before {target:.3f} s")
+
+
+class _SeekFailed(Exception):
+    """The container refused to seek (raw streams, some damaged files)."""
 
 
 # --- conversion ---------------------------------------------------------------------------
