@@ -1,0 +1,261 @@
+"""Get a video's bytes into a local file: allowed local paths, file:// and guarded http(s)://.
+
+Local files are read in place, only from configured root folders (after resolving symlinks
+and '..'). HTTP(S) downloads go to a temporary file, capped in size and time, following a
+limited number of redirects; every hop's host is resolved once, refused when it is not a
+public address (SSRF guard), and then connected to by that vetted IP, so a DNS answer that
+changes between the check and the connection (rebinding) cannot redirect the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import unquote, urljoin, urlsplit
+from urllib.request import url2pathname
+
+from worker.settings import Settings
+from worker.types import ScanError, ScanRequest
+
+_CHUNK = 1 << 20
+_REDIRECTS = {301, 302, 303, 307, 308}
+_USER_AGENT = "deepfake-stream/0.1"
+
+
+class FetchedVideo:
+    """A local file to decode; a downloaded one is deleted on close."""
+
+    def __init__(self, path: Path, sha256: str, size: int, temporary: bool = False):
+        self.path = path
+        self.sha256 = sha256
+        self.size = size
+        self._temporary = temporary
+
+    def close(self) -> None:
+        if self._temporary:
+            self.path.unlink(missing_ok=True)
+            self._temporary = False
+
+    def __enter__(self) -> "FetchedVideo":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FetchedVideo({str(self.path)!r}, size={self.size}, sha256={self.sha256[:12]}...)"
+
+
+def fetch(request: ScanRequest, settings: Settings, extra_roots: Sequence[str] = ()) -> FetchedVideo:
+    """The video `request.uri` names, as a local file whose content hash is known.
+
+    Raises ScanError: `source_refused`, `source_not_found`, `source_too_large`, `http_error`,
+    `http_timeout`, `too_many_redirects`, `checksum_mismatch` (transient for timeouts,
+    connection failures, HTTP 429 and 5xx).
+    """
+    uri = request.uri.strip()
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        video = _fetch_http(uri, settings)
+    elif scheme == "file":
+        video = _fetch_local(_file_uri_path(uri), (*settings.allowed_roots, *extra_roots))
+    elif scheme == "" and uri:
+        video = _fetch_local(uri, (*settings.allowed_roots, *extra_roots))
+    else:
+        raise ScanError("source_refused", f"unsupported URI scheme {scheme!r}: use a path, file://, http:// or https://")
+    if request.sha256 and request.sha256.strip().lower() != video.sha256:
+        video.close()
+        raise ScanError(
+            "checksum_mismatch", f"content sha256 {video.sha256} differs from the expected {request.sha256.strip().lower()}"
+        )
+    return video
+
+
+# --- local files --------------------------------------------------------------------------
+
+
+def _file_uri_path(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise ScanError("source_refused", f"file:// URI on another host ({parts.netloc}) is not supported")
+    return url2pathname(unquote(parts.path))
+
+
+def _fetch_local(raw_path: str, roots: Sequence[str]) -> FetchedVideo:
+    if not roots:
+        raise ScanError("source_refused", "local files are not allowed here (no allowed root folders configured)")
+    # Resolve symlinks and '..' first, so the check applies to the file actually opened.
+    path = Path(raw_path).expanduser().resolve()
+    resolved_roots = [Path(r).expanduser().resolve() for r in roots if r]
+    if not any(path.is_relative_to(root) for root in resolved_roots):
+        raise ScanError("source_refused", f"{raw_path} is outside the allowed folders")
+    if not path.exists():
+        raise ScanError("source_not_found", f"no such file: {raw_path}")
+    if not path.is_file():
+        raise ScanError("source_refused", f"{raw_path} is not a regular file")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise ScanError("source_not_found", f"cannot read {raw_path}: {exc.strerror}") from exc
+    return FetchedVideo(path, digest.hexdigest(), size)
+
+
+# --- HTTP(S) ------------------------------------------------------------------------------
+
+
+def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
+    url = uri
+    for _hop in range(settings.http_max_redirects + 1):
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ScanError("source_refused", f"redirected to an unsupported scheme {scheme!r}")
+        try:
+            host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
+        except ValueError as exc:  # a port that is not a number
+            raise ScanError("source_refused", f"malformed URL {url!r}: {exc}") from exc
+        if not host:
+            raise ScanError("source_refused", f"URL has no host: {url!r}")
+        ip = _vetted_address(host, port, settings.http_allow_private)
+        conn = _connection(scheme, host, port, ip, settings)
+        try:
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            try:
+                conn.request("GET", target, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
+                resp = conn.getresponse()
+            except (TimeoutError, socket.timeout) as exc:
+                raise ScanError("http_timeout", f"{host}:{port} did not answer in time", transient=True) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise ScanError("http_error", f"cannot reach {host}:{port}: {exc}", transient=True) from exc
+            if resp.status in _REDIRECTS:
+                location = resp.getheader("Location")
+                if not location:
+                    raise ScanError("http_error", f"HTTP {resp.status} redirect without a Location from {host}")
+                url = urljoin(url, location)
+                continue
+            if resp.status != 200:
+                _raise_for_status(resp.status, resp.reason, url)
+            return _download(resp, url, settings.http_max_bytes)
+        finally:
+            conn.close()
+    raise ScanError(
+        "too_many_redirects", f"more than {settings.http_max_redirects} redirects starting from {uri}"
+    )
+
+
+def _vetted_address(host: str, port: int, allow_private: bool) -> str:
+    """Resolve `host` once; refuse it if any address is not public (unless allowed)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        transient = exc.errno == socket.EAI_AGAIN
+        raise ScanError("http_error", f"cannot resolve host {host!r}: {exc.strerror}", transient=transient) from exc
+    addresses = [info[4][0] for info in infos]
+    if not addresses:
+        raise ScanError("http_error", f"host {host!r} has no address")
+    if not allow_private:
+        for address in addresses:
+            if not _is_public(address):
+                raise ScanError(
+                    "source_refused", f"{host} resolves to {address}, a private, loopback or reserved address"
+                )
+    return addresses[0]
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved
+
+
+def _connection(scheme: str, host: str, port: int, ip: str, settings: Settings) -> http.client.HTTPConnection:
+    if scheme == "https":
+        return _PinnedHTTPSConnection(host, port, ip, settings.http_connect_timeout_s, settings.http_read_timeout_s)
+    return _PinnedHTTPConnection(host, port, ip, settings.http_connect_timeout_s, settings.http_read_timeout_s)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the vetted IP while sending the original Host header."""
+
+    def __init__(self, host: str, port: int, ip: str, connect_timeout: float, read_timeout: float):
+        super().__init__(host, port, timeout=connect_timeout)
+        self._ip = ip
+        self._read_timeout = read_timeout
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock.settimeout(self._read_timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As above, with TLS verified against the host name (SNI and certificate)."""
+
+    def __init__(self, host: str, port: int, ip: str, connect_timeout: float, read_timeout: float):
+        super().__init__(host, port, timeout=connect_timeout, context=ssl.create_default_context())
+        self._ip = ip
+        self._read_timeout = read_timeout
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        sock.settimeout(self._read_timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _raise_for_status(status: int, reason: str, url: str) -> None:
+    if status in (404, 410):
+        raise ScanError("source_not_found", f"HTTP {status} {reason} for {url}")
+    transient = status == 429 or status >= 500
+    raise ScanError("http_error", f"HTTP {status} {reason} for {url}", transient=transient)
+
+
+def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int) -> FetchedVideo:
+    declared = resp.getheader("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise ScanError("source_too_large", f"{url} is {int(declared)} bytes, over the limit of {max_bytes}")
+    fd, name = tempfile.mkstemp(prefix="dfd-", suffix=_suffix(url))
+    path = Path(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                # Never ask for more than one byte past the cap: a body without a length,
+                # or longer than it claimed, is cut off as soon as it goes over.
+                chunk = resp.read(min(_CHUNK, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ScanError("source_too_large", f"{url} sent more than the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+    except (TimeoutError, socket.timeout) as exc:
+        path.unlink(missing_ok=True)
+        raise ScanError("http_timeout", f"{url} stalled after {size} bytes", transient=True) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        path.unlink(missing_ok=True)
+        raise ScanError("http_error", f"download of {url} broke off after {size} bytes: {exc!r}", transient=True) from exc
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return FetchedVideo(path, digest.hexdigest(), size, temporary=True)
+
+
+def _suffix(url: str) -> str:
+    """The URL's file extension, kept so callers can tell images from videos; '' if odd."""
+    suffix = Path(unquote(urlsplit(url).path)).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""
