@@ -1,0 +1,59 @@
+"""Training augmentations in numpy/OpenCV (torchvision does not import beside this torch).
+
+They mimic what happens to a video between a camera and the detector: recompression,
+blur and downscaling, colour and exposure changes, mirroring. The self-blend traces a
+detector should learn survive mild versions of these; learning to ignore them is what
+keeps a model from keying on one data set's encoder settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class Augment:
+    """Callable `(rgb_uint8, rng) -> rgb_uint8`; each transform fires with its probability."""
+
+    flip: float = 0.5
+    jpeg: float = 0.5
+    jpeg_quality: tuple[int, int] = (40, 95)
+    blur: float = 0.2
+    downscale: float = 0.2
+    colour: float = 0.5
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() < self.flip:
+            image = image[:, ::-1]
+        if rng.random() < self.colour:
+            image = colour_jitter(image, rng)
+        if rng.random() < self.blur:
+            image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.2))
+        if rng.random() < self.downscale:
+            image = down_up(image, rng.uniform(0.5, 0.9))
+        if rng.random() < self.jpeg:
+            image = jpeg(image, int(rng.integers(*self.jpeg_quality)))
+        return np.ascontiguousarray(image)
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x = image.astype(np.float32)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.8, 1.2) + mean * rng.uniform(0.8, 1.2)  # contrast, brightness
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(0.8, 1.2)  # saturation
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def down_up(image: np.ndarray, factor: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, int(w * factor)), max(1, int(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else image

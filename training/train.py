@@ -1,0 +1,263 @@
+"""`dfd-train train`: fine-tune ConvNextV2ForImageClassification on prepared crops with the HF Trainer.
+
+The base model is a local checkpoint folder, a hub id (only when the hub is reachable), or
+a size name (atto ... base) with random initialisation, which works offline. Class balance
+comes from loss weights (inverse class frequency); early stopping and checkpoints from the
+Trainer. Tracking goes to Weights & Biases when it is installed and configured (an API key
+or WANDB_MODE=offline), otherwise to local logs in the output folder. `--hp-trials N` runs
+`trainer.hyperparameter_search` with Optuna when it is installed.
+
+The output folder's `model/` is a normal Hugging Face checkpoint plus `dfd_training.json`
+(input size, normalisation, base, data), which `evaluate` and `export` read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from training import metrics
+from training.augment import Augment
+from training.dataset import LABELS, CropDataset, DataError, check_two_classes, read_metadata, read_prepare_info, select
+from training.untrained_bundle import IMAGENET_MEAN, IMAGENET_STD, SIZES, build_model
+
+log = logging.getLogger(__name__)
+
+TRAINING_INFO = "dfd_training.json"
+
+
+def load_base(base: str, seed: int = 0):
+    """(model, mean, std) for a checkpoint folder, a size name or a hub id."""
+    from transformers import ConvNextV2ForImageClassification
+
+    id2label = dict(enumerate(LABELS))
+    label2id = {v: k for k, v in id2label.items()}
+    if base in SIZES:
+        return build_model(base, seed), IMAGENET_MEAN, IMAGENET_STD
+    path = Path(base)
+    if not path.exists() and "/" not in base:
+        raise DataError(f"base {base!r} is neither a size ({', '.join(SIZES)}), a checkpoint folder nor a hub id")
+    try:
+        model = ConvNextV2ForImageClassification.from_pretrained(
+            base, num_labels=2, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
+        )
+    except OSError as exc:
+        where = "checkpoint folder" if path.exists() else "hub id (is the hub reachable from here?)"
+        raise DataError(f"cannot load base model {base!r} as a {where}: {exc}") from exc
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    for name in (TRAINING_INFO, "preprocessor_config.json"):
+        cfg = path / name
+        if cfg.is_file():
+            data = json.loads(cfg.read_text())
+            mean = tuple(data.get("mean", data.get("image_mean", mean)))
+            std = tuple(data.get("std", data.get("image_std", std)))
+            break
+    return model, mean, std
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    logits = np.asarray(logits, np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    fake = probs[:, 1] / probs.sum(axis=1)
+    labels = np.asarray(labels)
+    auc = metrics.roc_auc(labels, fake)
+    return {
+        "auc": 0.5 if np.isnan(auc) else auc,
+        "ap": metrics.average_precision(labels, fake),
+        "f1": metrics.f1_at(labels, fake, 0.5),
+        "accuracy": float(np.mean((fake >= 0.5) == labels)),
+    }
+
+
+def default_report_to() -> list[str]:
+    """W&B when installed and configured (an API key, a login, or offline mode), else nothing."""
+    if importlib.util.find_spec("wandb") is None:
+        return []
+    configured = os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "dryrun") \
+        or Path.home().joinpath(".netrc").is_file() and "api.wandb.ai" in Path.home().joinpath(".netrc").read_text()
+    return ["wandb"] if configured else []
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weights, mean 1: each class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
+    weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
+    return weights.astype(np.float32)
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    base: str = "atto",
+    input_size: int | None = None,
+    epochs: float = 10,
+    max_steps: int = -1,
+    batch_size: int = 32,
+    learning_rate: float = 5e-4,
+    weight_decay: float = 0.05,
+    warmup_ratio: float = 0.1,
+    eval_steps: int | None = None,
+    patience: int = 3,
+    seed: int = 0,
+    augment: Augment | None = Augment(),
+    report_to: list[str] | None = None,
+    hp_trials: int = 0,
+    workers: int = 0,
+    quiet: bool = False,
+) -> Path:
+    """Train and save the best model to `out/model`; returns that folder."""
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
+
+    data, out = Path(data), Path(out)
+    rows = read_metadata(data)
+    prep = read_prepare_info(data)
+    input_size = input_size or int(prep.get("input_size", 224))
+    train_rows, val_rows = select(rows, "train"), select(rows, "val")
+    check_two_classes(train_rows, "training split")
+    if not val_rows:
+        raise DataError(f"{data} has no validation crops: give some videos split=val (or a larger --val fraction in prepare)")
+    check_two_classes(val_rows, "validation split")
+
+    model, mean, std = load_base(base, seed)
+    train_set = CropDataset(data, train_rows, input_size, mean, std, augment, seed)
+    val_set = CropDataset(data, val_rows, input_size, mean, std, None)
+    weights = torch.tensor(class_weights(train_set.labels))
+
+    class BalancedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights.to(outputs.logits.device))
+            return (loss, outputs) if return_outputs else loss
+
+    strategy = "steps" if eval_steps else "epoch"
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_ratio,  # a float below 1 is a fraction of the steps
+        lr_scheduler_type="cosine",
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=eval_steps,
+        save_steps=eval_steps,
+        logging_steps=max(1, eval_steps or 10),
+        load_best_model_at_end=True,
+        metric_for_best_model="auc",
+        greater_is_better=True,
+        save_total_limit=2,
+        report_to=default_report_to() if report_to is None else report_to,
+        remove_unused_columns=False,
+        dataloader_num_workers=workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        seed=seed,
+        disable_tqdm=quiet,
+    )
+    trainer = BalancedTrainer(
+        model=None if hp_trials else model,
+        model_init=(lambda trial=None: load_base(base, seed)[0]) if hp_trials else None,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=default_data_collator,
+        compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+    )
+    search = None
+    if hp_trials:
+        search = hyperparameter_search(trainer, hp_trials)
+        for name, value in search.hyperparameters.items():
+            setattr(trainer.args, name, value)
+    trainer.train()
+    final = trainer.evaluate()
+
+    model_dir = out / "model"
+    trainer.save_model(str(model_dir))
+    info = {
+        "base": base,
+        "seed": seed,
+        "input_size": input_size,
+        "mean": list(mean),
+        "std": list(std),
+        "labels": list(LABELS),
+        "data": str(data.resolve()),
+        "crop": {"margin": prep.get("crop_margin"), "align": prep.get("align_faces")},
+        "prepare": prep,
+        "train_crops": len(train_set),
+        "val_crops": len(val_set),
+        "class_weights": weights.tolist(),
+        "epochs_run": trainer.state.epoch,
+        "steps_run": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "val_metrics": {k: float(v) for k, v in final.items() if isinstance(v, (int, float))},
+        "hyperparameter_search": None if search is None else {"objective": search.objective, "best": search.hyperparameters},
+        "report_to": list(args.report_to),
+    }
+    (model_dir / TRAINING_INFO).write_text(json.dumps(info, indent=2))
+    with open(out / "log_history.jsonl", "w") as f:  # the local log, whether or not W&B ran
+        for entry in trainer.state.log_history:
+            f.write(json.dumps(entry) + "\n")
+    return model_dir
+
+
+def hyperparameter_search(trainer, n_trials: int):
+    if importlib.util.find_spec("optuna") is None:
+        raise DataError("--hp-trials needs Optuna: pip install 'deepfake-stream[training,tune]' (or optuna)")
+
+    def space(trial):
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.1),
+            "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", [16, 32, 64]),
+        }
+
+    return trainer.hyperparameter_search(
+        direction="maximize", backend="optuna", hp_space=space, n_trials=n_trials,
+        compute_objective=lambda m: m["eval_auc"],
+    )
+
+
+def add_arguments(p) -> None:
+    p.add_argument("data", type=Path, help="a folder made by `dfd-train prepare` (and `synth`)")
+    p.add_argument("out", type=Path, help="output folder: model/, checkpoints/, log_history.jsonl")
+    p.add_argument("--base", default="atto", help=f"checkpoint folder, hub id, or a size ({', '.join(SIZES)}) for random init")
+    p.add_argument("--input-size", type=int, default=None, help="default: the crop size used by prepare")
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--eval-steps", type=int, default=None, help="evaluate and checkpoint every N steps (default: every epoch)")
+    p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without AUC improvement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--report-to", default=None, help="wandb, tensorboard, none (default: wandb if configured, else none)")
+    p.add_argument("--hp-trials", type=int, default=0, help="hyperparameter search trials (Optuna) before the final run")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+
+
+def run(args) -> int:
+    report_to = None if args.report_to is None else ([] if args.report_to == "none" else args.report_to.split(","))
+    model_dir = train(
+        args.data, args.out, base=args.base, input_size=args.input_size, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay, eval_steps=args.eval_steps,
+        patience=args.patience, seed=args.seed, augment=None if args.no_augment else Augment(),
+        report_to=report_to, hp_trials=args.hp_trials, workers=args.workers,
+    )
+    info = json.loads((model_dir / TRAINING_INFO).read_text())
+    print(f"saved {model_dir} after {info['steps_run']} steps; validation: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in info["val_metrics"].items() if k.startswith("eval_") and "per_second" not in k))
+    return 0
