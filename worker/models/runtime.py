@@ -39,7 +39,9 @@ def requested_providers(settings: Settings) -> list[str]:
     available = set(ort.get_available_providers())
     ordered: list[str] = []
     for name in names:
-        if name in available and name not in ordered and name != CPU:
+        if name == CPU:
+            break  # CPU takes every node, so providers listed after it would never run
+        if name in available and name not in ordered:
             ordered.append(name)
     # CPU always closes the list: a GPU provider that fails at session creation falls back to it.
     ordered.append(CPU)

@@ -1,0 +1,62 @@
+"""The classifier on the untrained ConvNeXt V2 bundle: probabilities, batching, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.models.classifier import FakeClassifier
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def crops(untrained_bundle) -> np.ndarray:
+    size = untrained_bundle.input_size
+    return np.random.default_rng(1).integers(0, 256, (5, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def classifier(untrained_bundle) -> FakeClassifier:
+    return FakeClassifier(untrained_bundle, Settings(max_batch_faces=2))
+
+
+def test_identity_and_providers(classifier, untrained_bundle):
+    assert classifier.info == untrained_bundle.info and classifier.info.trained is False
+    assert classifier.input_size == 224
+    assert classifier.providers[-1] == "CPUExecutionProvider"
+
+
+def test_probabilities_in_range_and_softmax_of_logits(classifier, crops):
+    probs = classifier.predict(crops)
+    assert probs.shape == (5,) and probs.dtype == np.float32
+    assert np.all((probs >= 0) & (probs <= 1))
+    logits = classifier.forward(classifier.preprocess(crops)).astype(np.float64)
+    assert logits.shape == (5, 2)
+    expected = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax's fake column for two labels
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_batch_size_invariant(classifier, crops):
+    batched = classifier.predict(crops)  # three calls of at most 2
+    single = np.concatenate([classifier.predict(crops[i : i + 1]) for i in range(len(crops))])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    whole = FakeClassifier(classifier.bundle, Settings(max_batch_faces=32), session=classifier.session)
+    np.testing.assert_allclose(whole.predict(crops), single, atol=1e-5)
+
+
+def test_preprocess_normalises_like_the_bundle_says(classifier, untrained_bundle):
+    crop = np.zeros((1, 224, 224, 3), np.uint8)
+    crop[..., 0], crop[..., 1], crop[..., 2] = 0, 128, 255
+    x = classifier.preprocess(crop)
+    assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32
+    mean, std = np.array(untrained_bundle.mean), np.array(untrained_bundle.std)
+    expected = (np.array([0, 128, 255]) / 255.0 - mean) / std
+    np.testing.assert_allclose(x[0, :, 0, 0], expected, rtol=1e-5)
+
+
+def test_empty_and_wrong_input(classifier):
+    assert classifier.predict(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0,)
+    with pytest.raises(ValueError, match=r"expected uint8 crops \[N, 224, 224, 3\]"):
+        classifier.predict(np.zeros((2, 112, 112, 3), np.uint8))
+    with pytest.raises(ValueError, match="expected uint8 crops"):
+        classifier.predict(np.zeros((2, 224, 224, 3), np.float32))
