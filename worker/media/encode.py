@@ -41,7 +41,7 @@ def encode_clip(
             # Millisecond timestamps carry the irregular times. No B-frames: with them x264's
             # decode timestamps of a VFR clip make the mp4 muxer write a short duration.
             stream.codec_context.time_base = Fraction(1, 1000)
-            options["bframes"] = "0"
+            stream.codec_context.max_b_frames = 0
         stream.options = options
         if rotation:
             # PyAV's angle is counter-clockwise (as VideoFrame.rotation reads it back).

@@ -1,0 +1,271 @@
+"""decode_frames on real and generated clips: sampling, both strategies, rotation, VFR, bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from worker.media.decode import decode_frames, sample_times
+from worker.media.encode import encode_clip
+from worker.settings import Settings
+from worker.types import ScanError
+
+SETTINGS = Settings()
+
+
+def _all_frames(path: Path) -> list[tuple[float, np.ndarray]]:
+    """Every frame with its presentation time, decoded the plain way: the ground truth."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        start = s.start_time or 0
+        return [(float((f.pts - start) * s.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+
+
+def _on_screen(frames: list[tuple[float, np.ndarray]], t: float) -> tuple[float, np.ndarray]:
+    return [f for f in frames if f[0] <= t + 1e-6][-1]
+
+
+@pytest.fixture(scope="module")
+def carphone_frames(carphone) -> list[np.ndarray]:
+    return [img for _, img in _all_frames(carphone)]
+
+
+@pytest.fixture(scope="module", params=[4, 250], ids=["gop4", "gop250"])
+def gop_clip(request, carphone_frames, tmp_path_factory) -> tuple[Path, int]:
+    """Carphone's 120 real frames at 25 fps (4.8 s) with a short or a long keyframe interval."""
+    path = tmp_path_factory.mktemp("gop") / f"carphone_gop{request.param}.mp4"
+    return encode_clip(path, carphone_frames, fps=25, gop=request.param), request.param
+
+
+def test_sample_times_are_segment_centres():
+    assert sample_times(4.8, 10) == pytest.approx([0.24 + 0.48 * i for i in range(10)])
+    assert sample_times(1.0, 1) == [0.5]
+    assert sample_times(0.0, 10) == []
+    assert sample_times(5.0, 0) == []
+
+
+def test_carphone_gives_ten_frames_spread_over_the_clip(carphone):
+    frames, info = decode_frames(carphone, SETTINGS)
+
+    assert (info.width, info.height, info.codec) == (176, 144, "h264")
+    assert info.duration_s == pytest.approx(4.004, abs=0.01)  # 120 frames at 29.97 fps
+    assert info.fps == pytest.approx(29.97, abs=0.01)
+    assert [f.index for f in frames] == list(range(10))
+    times = [f.time_s for f in frames]
+    assert times == sorted(times) and len(set(times)) == 10
+    assert 0 <= times[0] < 0.4 and 3.6 < times[-1] <= info.duration_s
+    for f in frames:
+        assert f.image.shape == (144, 176, 3) and f.image.dtype == np.uint8 and f.image.flags.c_contiguous
+    # Each sampled frame is the one on screen at its target time, pixel for pixel.
+    truth = _all_frames(carphone)
+    for f, target in zip(frames, sample_times(info.duration_s, 10)):
+        t, img = _on_screen(truth, target)
+        assert f.time_s == pytest.approx(t)
+        np.testing.assert_array_equal(f.image, img)
+
+
+def test_strategy_follows_keyframe_spacing(gop_clip):
+    path, gop = gop_clip
+    _, info = decode_frames(path, SETTINGS)
+    # Targets are 12 frames apart: with a keyframe every 4, seeking skips most frames; with
+    # one keyframe for the whole clip, it would decode the same frames again and again.
+    assert info.strategy == ("seek" if gop == 4 else "sequential")
+
+
+@pytest.mark.parametrize("strategy", ["seek", "sequential"])
+def test_both_strategies_give_the_frames_on_screen(gop_clip, strategy):
+    path, _ = gop_clip
+    frames, info = decode_frames(path, SETTINGS, strategy=strategy)
+
+    assert info.strategy == strategy
+    assert info.duration_s == pytest.approx(4.8, abs=0.05)
+    truth = _all_frames(path)
+    assert len(frames) == 10
+    for f, target in zip(frames, sample_times(info.duration_s, 10)):
+        t, img = _on_screen(truth, target)
+        assert f.time_s == pytest.approx(t)
+        np.testing.assert_array_equal(f.image, img)
+
+
+def test_seek_with_b_frames_on_real_footage(bikes):
+    """bikes.mp4 has B-frames and a keyframe every ~1.5 s: seeking must still land right."""
+    seek, _ = decode_frames(bikes, SETTINGS, strategy="seek")
+    sequential, _ = decode_frames(bikes, SETTINGS, strategy="sequential")
+    assert [f.time_s for f in seek] == [f.time_s for f in sequential]
+    assert [f.time_s for f in seek] == pytest.approx([0.48 + i for i in range(10)])
+    for a, b in zip(seek, sequential):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def _marked(height: int, width: int) -> np.ndarray:
+    """Grey frame, red square top-left, green square bottom-right."""
+    img = np.full((height, width, 3), 128, np.uint8)
+    img[:32, :32] = (230, 20, 20)
+    img[-32:, -32:] = (20, 230, 20)
+    return img
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_clip_comes_out_upright(tmp_path, rotation):
+    upright = _marked(128, 96)  # portrait
+    # What the camera stored: the upright picture turned counter-clockwise, so a player
+    # must turn it clockwise by `rotation` (the display matrix) to show it upright.
+    stored = np.ascontiguousarray(np.rot90(upright, k=rotation // 90))
+    path = encode_clip(tmp_path / "rotated.mp4", [stored] * 10, fps=25, rotation=rotation)
+
+    frames, info = decode_frames(path, SETTINGS.replace(frames_per_video=3))
+
+    assert info.rotation == rotation
+    assert (info.height, info.width) == (128, 96)
+    img = frames[0].image
+    assert img.shape == (128, 96, 3) and img.flags.c_contiguous
+    assert np.abs(img[4:28, 4:28].astype(int) - (230, 20, 20)).mean() < 12  # red top-left
+    assert np.abs(img[-28:-4, -28:-4].astype(int) - (20, 230, 20)).mean() < 12  # green bottom-right
+
+
+def test_variable_frame_rate_times_follow_pts(tmp_path):
+    times = [0.0, 0.04, 0.08, 0.5, 0.54, 1.5, 1.52, 1.54, 2.5, 3.1]
+    levels = [20 + 22 * i for i in range(len(times))]
+    images = [np.full((64, 96, 3), v, np.uint8) for v in levels]
+    path = encode_clip(tmp_path / "vfr.mp4", images, fps=25, times_s=times)
+
+    frames, info = decode_frames(path, SETTINGS.replace(frames_per_video=6))
+
+    assert 3.1 <= info.duration_s < 3.3
+    for f, target in zip(frames, sample_times(info.duration_s, 6)):
+        i = max(i for i, t in enumerate(times) if t <= target + 1e-6)
+        assert f.time_s == pytest.approx(times[i], abs=1e-3)
+        assert abs(float(f.image.mean()) - levels[i]) < 4
+    # index / fps would have put frame 8 at 0.32 s; pts put it at 2.5 s.
+    assert [round(f.time_s, 2) for f in frames] == [0.08, 0.54, 0.54, 1.54, 1.54, 2.5]
+
+
+def test_missing_duration_falls_back_to_a_sequential_pass(tmp_path):
+    """A raw H.264 stream states no duration and cannot seek: timestamps come from a demux pass."""
+    images = [np.full((64, 96, 3), 2 * i, np.uint8) for i in range(100)]
+    path = encode_clip(tmp_path / "raw.h264", images, fps=25)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].duration is None and c.duration is None
+
+    frames, info = decode_frames(path, SETTINGS, strategy="seek")
+
+    assert info.strategy == "sequential"
+    assert info.duration_s == pytest.approx(4.0)
+    assert [round(f.time_s, 2) for f in frames] == pytest.approx([0.2 + 0.4 * i for i in range(10)])
+    assert [round(f.image.mean()) for f in frames] == pytest.approx([10 + 20 * i for i in range(10)], abs=2)
+
+
+def test_truncated_matroska_returns_the_frames_before_the_cut(tmp_path):
+    images = [np.full((64, 96, 3), 2 * i, np.uint8) for i in range(100)]
+    whole = encode_clip(tmp_path / "whole.mkv", images, fps=25).read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole[: len(whole) // 2])
+    last_time = _all_frames(cut)[-1][0]
+    assert last_time < 3.5  # the cut really removed frames
+
+    for strategy in ("seek", "sequential"):
+        frames, info = decode_frames(cut, SETTINGS, strategy=strategy)
+        assert info.duration_s == pytest.approx(4.0)  # the header still claims all of it
+        assert 0 < len(frames) < 10
+        assert all(f.time_s <= last_time for f in frames)
+        assert [f.index for f in frames] == list(range(len(frames)))
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=44100)
+        for i in range(40):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 44100
+            frame.pts = i * 1024
+            frame.time_base = Fraction(1, 44100)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _truncated_mp4(path: Path) -> Path:
+    whole = encode_clip(path.with_name("whole.mp4"), [np.full((64, 96, 3), 90, np.uint8)] * 50).read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # the index (moov) is written last: gone
+    return path
+
+
+BAD_INPUTS = {
+    "zero_bytes": (lambda p, _: (p.write_bytes(b""), p)[1], "unreadable_media", "empty"),
+    "random_bytes": (
+        lambda p, _: (p.write_bytes(np.random.default_rng(1).bytes(200_000)), p)[1],
+        "unreadable_media",
+        "not a readable video",
+    ),
+    "text_as_mp4": (lambda p, _: (p.write_text("just some notes\n" * 200), p)[1], "unreadable_media", "not a readable video"),
+    "text_as_txt": (
+        lambda p, _: (p.with_suffix(".txt").write_text("just some notes\n" * 200), p.with_suffix(".txt"))[1],
+        "unreadable_media",
+        "text file",
+    ),
+    "png_renamed_mp4": (lambda p, astronaut: shutil.copy(astronaut, p), "unreadable_media", "still image"),
+    "audio_only": (lambda p, _: _audio_only(p), "no_video_stream", "only audio"),
+    "truncated_mp4": (lambda p, _: _truncated_mp4(p), "unreadable_media", "not a readable video"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_a_scan_error_with_a_reason(name, tmp_path, astronaut):
+    make, code, phrase = BAD_INPUTS[name]
+    path = Path(make(tmp_path / "input.mp4", astronaut))
+    with pytest.raises(ScanError) as err:
+        decode_frames(path, SETTINGS)
+    assert err.value.code == code
+    assert phrase in err.value.reason
+    assert not err.value.transient
+
+
+def test_missing_file_is_a_scan_error(tmp_path):
+    with pytest.raises(ScanError) as err:
+        decode_frames(tmp_path / "nowhere.mp4", SETTINGS)
+    assert err.value.code == "unreadable_media" and "nowhere.mp4" in err.value.reason
+
+
+def test_huge_resolution_is_refused_before_decoding(tmp_path):
+    # 4096x2304 is over the default cap of 3840x2160 pixels; two flat frames keep it tiny.
+    path = encode_clip(tmp_path / "huge.mp4", [np.full((2304, 4096, 3), 90, np.uint8)] * 2)
+    # A decode would blow the 1 ns budget: refusing first means the size check ran first.
+    with pytest.raises(ScanError) as err:
+        decode_frames(path, SETTINGS.replace(decode_timeout_s=1e-9))
+    assert err.value.code == "too_large"
+    assert "4096x2304" in err.value.reason
+
+
+def test_lowered_pixel_cap_refuses_carphone(carphone):
+    with pytest.raises(ScanError) as err:
+        decode_frames(carphone, SETTINGS.replace(max_pixels=100 * 100))
+    assert err.value.code == "too_large" and "176x144" in err.value.reason
+
+
+def test_too_long_from_the_stated_duration(carphone):
+    with pytest.raises(ScanError) as err:
+        decode_frames(carphone, SETTINGS.replace(max_duration_s=2.0))
+    assert err.value.code == "too_long" and "4.0 s" in err.value.reason
+
+
+def test_too_long_when_the_duration_is_only_found_by_reading(tmp_path):
+    path = encode_clip(tmp_path / "raw.h264", [np.full((64, 96, 3), 50, np.uint8)] * 100, fps=25)
+    with pytest.raises(ScanError) as err:
+        decode_frames(path, SETTINGS.replace(max_duration_s=2.0))
+    assert err.value.code == "too_long"
+
+
+def test_decode_timeout(bikes):
+    with pytest.raises(ScanError) as err:
+        decode_frames(bikes, SETTINGS.replace(decode_timeout_s=1e-9))
+    assert err.value.code == "decode_timeout" and "limit" in err.value.reason
