@@ -143,8 +143,10 @@ class FaceDetector:
                 chunk = members[start : start + per_call]
                 array = np.empty((len(chunk), 3, height, width), np.float32)
                 for row, (_, image, _) in enumerate(chunk):
-                    # RGB HWC uint8 -> BGR CHW float32 minus mean, in one pass.
-                    np.subtract(image.transpose(2, 0, 1)[::-1], BGR_MEAN[:, None, None], out=array[row])
+                    # RGB HWC uint8 -> BGR CHW float32 minus mean; splitting the planes first is
+                    # twice as fast as one subtract over a strided, reversed view.
+                    for channel, plane in enumerate(cv2.split(image)[::-1]):
+                        np.subtract(plane, BGR_MEAN[channel], out=array[row, channel])
                 batches.append(
                     DetectionBatch(
                         array=array,
