@@ -129,8 +129,8 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
             raise ScanError("source_refused", f"malformed URL {url!r}: {exc}") from exc
         if not host:
             raise ScanError("source_refused", f"URL has no host: {url!r}")
-        ip = _vetted_address(host, port, settings.http_allow_private)
-        conn = _connection(scheme, host, port, ip, settings)
+        addresses = _vetted_addresses(host, port, settings.http_allow_private)
+        conn = _connection(scheme, host, port, addresses, settings)
         try:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             try:
@@ -140,15 +140,18 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
                 raise ScanError("http_timeout", f"{host}:{port} did not answer in time", transient=True) from exc
             except (OSError, http.client.HTTPException) as exc:
                 raise ScanError("http_error", f"cannot reach {host}:{port}: {exc}", transient=True) from exc
-            if resp.status in _REDIRECTS:
-                location = resp.getheader("Location")
-                if not location:
-                    raise ScanError("http_error", f"HTTP {resp.status} redirect without a Location from {host}")
-                url = urljoin(url, location)
-                continue
-            if resp.status != 200:
-                _raise_for_status(resp.status, resp.reason, url)
-            return _download(resp, url, settings.http_max_bytes)
+            try:
+                if resp.status in _REDIRECTS:
+                    location = resp.getheader("Location")
+                    if not location:
+                        raise ScanError("http_error", f"HTTP {resp.status} redirect without a Location from {host}")
+                    url = urljoin(url, location)
+                    continue
+                if resp.status != 200:
+                    _raise_for_status(resp.status, resp.reason, url)
+                return _download(resp, url, settings.http_max_bytes)
+            finally:
+                resp.close()  # the socket lives until the response lets go of it too
         finally:
             conn.close()
     raise ScanError(
@@ -156,14 +159,14 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
     )
 
 
-def _vetted_address(host: str, port: int, allow_private: bool) -> str:
+def _vetted_addresses(host: str, port: int, allow_private: bool) -> list[str]:
     """Resolve `host` once; refuse it if any address is not public (unless allowed)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         transient = exc.errno == socket.EAI_AGAIN
         raise ScanError("http_error", f"cannot resolve host {host!r}: {exc.strerror}", transient=transient) from exc
-    addresses = [info[4][0] for info in infos]
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise ScanError("http_error", f"host {host!r} has no address")
     if not allow_private:
@@ -172,7 +175,7 @@ def _vetted_address(host: str, port: int, allow_private: bool) -> str:
                 raise ScanError(
                     "source_refused", f"{host} resolves to {address}, a private, loopback or reserved address"
                 )
-    return addresses[0]
+    return addresses
 
 
 def _is_public(address: str) -> bool:
@@ -182,36 +185,50 @@ def _is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
-def _connection(scheme: str, host: str, port: int, ip: str, settings: Settings) -> http.client.HTTPConnection:
-    if scheme == "https":
-        return _PinnedHTTPSConnection(host, port, ip, settings.http_connect_timeout_s, settings.http_read_timeout_s)
-    return _PinnedHTTPConnection(host, port, ip, settings.http_connect_timeout_s, settings.http_read_timeout_s)
+def _connection(
+    scheme: str, host: str, port: int, addresses: list[str], settings: Settings
+) -> http.client.HTTPConnection:
+    cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+    return cls(host, port, addresses, settings.http_connect_timeout_s, settings.http_read_timeout_s)
+
+
+def _connect_vetted(addresses: list[str], port: int, connect_timeout: float, read_timeout: float) -> socket.socket:
+    """A socket to the first vetted address that answers (never a fresh DNS lookup)."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            sock = socket.create_connection((address, port), connect_timeout)
+        except OSError as exc:
+            error = exc
+            continue
+        sock.settimeout(read_timeout)
+        return sock
+    assert error is not None
+    raise error
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the vetted IP while sending the original Host header."""
+    """Connects to the vetted addresses while sending the original Host header."""
 
-    def __init__(self, host: str, port: int, ip: str, connect_timeout: float, read_timeout: float):
+    def __init__(self, host: str, port: int, addresses: list[str], connect_timeout: float, read_timeout: float):
         super().__init__(host, port, timeout=connect_timeout)
-        self._ip = ip
+        self._addresses = addresses
         self._read_timeout = read_timeout
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock.settimeout(self._read_timeout)
+        self.sock = _connect_vetted(self._addresses, self.port, self.timeout, self._read_timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """As above, with TLS verified against the host name (SNI and certificate)."""
 
-    def __init__(self, host: str, port: int, ip: str, connect_timeout: float, read_timeout: float):
+    def __init__(self, host: str, port: int, addresses: list[str], connect_timeout: float, read_timeout: float):
         super().__init__(host, port, timeout=connect_timeout, context=ssl.create_default_context())
-        self._ip = ip
+        self._addresses = addresses
         self._read_timeout = read_timeout
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        sock.settimeout(self._read_timeout)
+        sock = _connect_vetted(self._addresses, self.port, self.timeout, self._read_timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -235,7 +252,7 @@ def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int) -> Fetch
             while True:
                 # Never ask for more than one byte past the cap: a body without a length,
                 # or longer than it claimed, is cut off as soon as it goes over.
-                chunk = resp.read(min(_CHUNK, max_bytes + 1 - size))
+                chunk = resp.read1(min(_CHUNK, max_bytes + 1 - size))
                 if not chunk:
                     break
                 size += len(chunk)
