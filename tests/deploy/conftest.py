@@ -1,0 +1,84 @@
+"""Fixtures for the deploy/ checks: paths, rendered overlays, Dockerfile parsing, a live health server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dockerfile
+import pytest
+
+from tests.deploy.kustomize import render
+from worker.service.health import HealthServer, HealthState
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+DOCKER = DEPLOY / "docker"
+OVERLAYS = ("cpu", "gpu")
+
+
+def one(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The single resource of that kind (and name) in a rendered overlay."""
+    found = [r for r in resources if r["kind"] == kind and (name is None or r["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def worker_container(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(resources, "Deployment")["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == "worker")
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """ENV of the final stage of a Dockerfile (what the container starts with)."""
+    env: dict[str, str] = {}
+    for cmd in final_stage(path):
+        if cmd.cmd == "ENV":
+            pairs = cmd.value
+            env.update(dict(zip(pairs[::2], pairs[1::2])))
+    return env
+
+
+def stages(path: Path) -> list[list[dockerfile.Command]]:
+    """Commands grouped by build stage (each starts with its FROM)."""
+    out: list[list[dockerfile.Command]] = []
+    for cmd in dockerfile.parse_file(str(path)):
+        if cmd.cmd == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(cmd)
+    return out
+
+
+def final_stage(path: Path) -> list[dockerfile.Command]:
+    return stages(path)[-1]
+
+
+def pod_env(resources: list[dict[str, Any]], image_env: dict[str, str]) -> dict[str, str]:
+    """The worker container's environment: image ENV, then envFrom ConfigMaps/Secrets, then env."""
+    container = worker_container(resources)
+    env = dict(image_env)
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(one(resources, "ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        if "secretRef" in source:
+            env.update(one(resources, "Secret", source["secretRef"]["name"]).get("stringData", {}))
+    for var in container.get("env", []):
+        env[var["name"]] = var["value"]
+    return env
+
+
+@pytest.fixture(scope="session", params=OVERLAYS)
+def overlay(request) -> tuple[str, list[dict[str, Any]]]:
+    """(name, rendered resources) of each overlay."""
+    return request.param, render(KUBERNETES / "overlays" / request.param)
+
+
+@pytest.fixture
+def health_server():
+    """The worker's own health server on a free port, with its state to steer."""
+    state = HealthState(stall_s=60.0)
+    server = HealthServer(state, port=0, host="127.0.0.1").start()
+    yield state, server.port
+    server.stop()
