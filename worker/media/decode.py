@@ -69,13 +69,10 @@ def decode_frames(
         if probe.duration_s is None:
             probe.duration_s = _demux_duration(container, probe, clock)
             _check_caps(probe, settings)
-            container.close()
-            container = _open(path)
-            probe.stream = container.streams.video[0]
+            container = _reopen(container, path, probe)
         targets = sample_times(probe.duration_s, settings.frames_per_video)
-        stream = probe.stream
-        stream.codec_context.thread_type = "AUTO"
-        keyframes = _keyframe_times(stream, probe)
+        probe.stream.codec_context.thread_type = "AUTO"
+        keyframes = _keyframe_times(probe.stream, probe)
         if strategy is None:
             strategy = _choose_strategy(targets, keyframes, probe)
         elif strategy not in ("seek", "sequential"):
@@ -93,14 +90,12 @@ def decode_frames(
             keyframes = [0.0]
         try:
             picked = _pick(container, probe, targets, keyframes if strategy == "seek" else None, clock, settings)
+            frames, info.rotation = _to_frames(picked, probe)
         except _SeekFailed:
-            container.close()
-            container = _open(path)
-            probe.stream = container.streams.video[0]
+            container = _reopen(container, path, probe)
             probe.stream.codec_context.thread_type = "AUTO"
             info.strategy = "sequential"
-            picked = _pick(container, probe, targets, None, clock, settings)
-        frames, info.rotation = _to_frames(picked, probe)
+            frames, info.rotation = _to_frames(_pick(container, probe, targets, None, clock, settings), probe)
     finally:
         container.close()
     if not frames:
@@ -145,6 +140,16 @@ def _open(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r", metadata_errors="ignore")
     except av.FFmpegError as exc:
         raise ScanError("unreadable_media", f"not a readable video file ({_ffmpeg_message(exc)})") from exc
+
+
+def _reopen(
+    container: av.container.InputContainer, path: Path, probe: _Probe
+) -> av.container.InputContainer:
+    """A fresh container at the start of the file (cheaper and surer than seeking to 0)."""
+    container.close()
+    container = _open(path)
+    probe.stream = container.streams.video[0]
+    return container
 
 
 def _ffmpeg_message(exc: av.FFmpegError) -> str:
@@ -326,9 +331,8 @@ def _pick(
     keyframes: list[float] | None,
     clock: _Clock,
     settings: Settings,
-) -> list[tuple[float, av.VideoFrame]]:
+) -> Iterator[tuple[float, av.VideoFrame]]:
     """The frames on screen at `targets`; `keyframes` given: seek to them when it pays."""
-    picked: list[tuple[float, av.VideoFrame]] = []
     cursor: _Cursor | None = None
     for target in targets:
         if cursor is None:
@@ -343,9 +347,8 @@ def _pick(
                 cursor = _seek(container, probe, target, clock, settings)
         found = cursor.frame_at(target)
         if found is None:
-            break  # past the last decodable frame (truncated file)
-        picked.append(found)
-    return picked
+            return  # past the last decodable frame (truncated file)
+        yield found
 
 
 def _seek(
@@ -382,22 +385,24 @@ class _SeekFailed(Exception):
 # --- conversion ---------------------------------------------------------------------------
 
 
-def _to_frames(picked: list[tuple[float, av.VideoFrame]], probe: _Probe) -> tuple[list[Frame], int]:
-    """Convert the kept frames to upright RGB; returns them and the clockwise rotation applied."""
+def _to_frames(picked: Iterator[tuple[float, av.VideoFrame]], probe: _Probe) -> tuple[list[Frame], int]:
+    """Convert each kept frame to upright RGB as it is picked, so the decoder's buffers go
+    back to it; returns the frames and the clockwise rotation applied."""
     frames: list[Frame] = []
     rotation = 0
-    converted: dict[int, np.ndarray] = {}
+    last: tuple[av.VideoFrame, np.ndarray] | None = None
     for index, (t, frame) in enumerate(picked):
         if index == 0:
             rotation = _rotation_cw(frame, probe)
-        image = converted.get(id(frame))
-        if image is None:
+        if last is not None and last[0] is frame:
+            image = last[1]  # two targets within one frame's display time (low frame rate)
+        else:
             image = frame.to_ndarray(format="rgb24")
             if rotation:
                 # np.rot90 turns counter-clockwise for positive k.
                 image = np.rot90(image, k=-rotation // 90)
             image = np.ascontiguousarray(image)
-            converted[id(frame)] = image
+            last = (frame, image)
         frames.append(Frame(index=index, time_s=t, image=image))
     return frames, rotation
 
