@@ -48,6 +48,19 @@ def requested_providers(settings: Settings) -> list[str]:
     return ordered
 
 
+def provider_options(name: str) -> dict[str, str]:
+    """Options per provider. TensorRT builds an engine per input shape, which takes minutes:
+    keep the engines on disk so a restarted worker reuses them (not exercised on CPU-only CI)."""
+    if name != PROVIDER_NAMES["tensorrt"]:
+        return {}
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "deepfake-stream", "tensorrt")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: build engines every start rather than fail
+        return {}
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+
+
 def intra_op_threads(settings: Settings) -> int:
     if settings.intra_op_threads > 0:
         return settings.intra_op_threads
@@ -64,7 +77,9 @@ def create_session(model: bytes | str | Path, settings: Settings) -> ort.Inferen
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     wanted = requested_providers(settings)
     source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, sess_options=options, providers=wanted)
+    session = ort.InferenceSession(
+        source, sess_options=options, providers=[(name, provider_options(name)) for name in wanted]
+    )
     in_use = active_providers(session)
     label = "<bytes>" if isinstance(model, bytes) else str(model)
     log.info("onnx session for %s: providers requested %s, in use %s, %d intra-op threads",

@@ -8,7 +8,13 @@ import onnxruntime as ort
 import pytest
 
 from worker.models.retinaface import load_detector_model
-from worker.models.runtime import active_providers, create_session, intra_op_threads, requested_providers
+from worker.models.runtime import (
+    active_providers,
+    create_session,
+    intra_op_threads,
+    provider_options,
+    requested_providers,
+)
 from worker.settings import Settings
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -54,3 +60,11 @@ def test_session_from_path_runs(tmp_path, model):
     session = create_session(path, Settings(providers=("cpu",), intra_op_threads=1))
     assert session.get_inputs()[0].name == "input"
     assert [o.name for o in session.get_outputs()] == ["loc", "conf", "landmarks"]
+
+
+def test_tensorrt_engines_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    options = provider_options("TensorrtExecutionProvider")
+    assert options == {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path / "deepfake-stream" / "tensorrt")}
+    assert (tmp_path / "deepfake-stream" / "tensorrt").is_dir()
+    assert provider_options("CUDAExecutionProvider") == {} and provider_options("CPUExecutionProvider") == {}
