@@ -138,6 +138,8 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
                 resp = conn.getresponse()
             except (TimeoutError, socket.timeout) as exc:
                 raise ScanError("http_timeout", f"{host}:{port} did not answer in time", transient=True) from exc
+            except ssl.SSLCertVerificationError as exc:
+                raise ScanError("http_error", f"TLS certificate of {host} not trusted: {exc.verify_message}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 raise ScanError("http_error", f"cannot reach {host}:{port}: {exc}", transient=True) from exc
             try:

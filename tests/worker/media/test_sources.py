@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -317,3 +319,49 @@ def test_localhost_server_refused_unless_allowed(server):
 def test_unresolvable_host():
     err = _refused(_req("http://no-such-host.invalid/video.mp4"), OPEN, "http_error")
     assert "cannot resolve" in err.reason
+
+
+# --- HTTPS ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> dict[str, Path]:
+    """A private CA and a certificate for localhost / 127.0.0.1 signed by it (openssl CLI)."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dfd test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+    )
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
+    return {"ca": d / "ca.pem", "cert": d / "srv.pem", "key": d / "srv.key"}
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls_files["cert"], tls_files["key"])
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_verifies_the_host_name_on_the_pinned_address(tls_server, tls_files, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files["ca"]))  # trust the test CA
+    with fetch(_req(f"https://localhost:{tls_server}/video.mp4", sha256=BODY_SHA), OPEN) as video:
+        assert video.path.read_bytes() == BODY
+
+
+def test_https_untrusted_certificate_is_refused(tls_server):
+    err = _refused(_req(f"https://localhost:{tls_server}/video.mp4"), OPEN, "http_error")
+    assert "certificate" in err.reason and not err.transient
