@@ -100,7 +100,9 @@ def priors(height: int, width: int) -> np.ndarray:
         centres = np.repeat(centres, len(sizes), axis=0)
         wh = np.tile(np.array(sizes, np.float64)[:, None].repeat(2, 1), (rows * cols, 1))
         levels.append(np.hstack([centres, wh]))
-    return np.concatenate(levels).astype(np.float32)
+    anchors = np.concatenate(levels).astype(np.float32)
+    anchors.setflags(write=False)  # shared by every call through the cache
+    return anchors
 
 
 @dataclass
@@ -109,7 +111,7 @@ class DetectionBatch:
 
     array: np.ndarray  # [N, 3, H, W]
     image_indices: list[int]  # position of each row in the list given to preprocess()
-    scales: np.ndarray  # [N] resized / original size
+    scales: np.ndarray  # [N, 2] resized / original size along x and y (1 when not resized)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # original (height, width)
 
 
@@ -126,7 +128,7 @@ class FaceDetector:
     def preprocess(self, images: list[np.ndarray]) -> list[DetectionBatch]:
         """Downscale (never up) to the configured long side, group by size, batch."""
         long_side = self.settings.detect_long_side
-        groups: dict[tuple[int, int], list[tuple[int, np.ndarray, float]]] = {}
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray, tuple[float, float]]]] = {}
         for i, image in enumerate(images):
             _check_image(image, i)
             h, w = image.shape[:2]
@@ -134,7 +136,9 @@ class FaceDetector:
             if scale < 1.0:
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
                 image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            groups.setdefault(image.shape[:2], []).append((i, image, scale))
+            # Per axis: rounding the resized size makes x and y scales differ slightly.
+            scales = (image.shape[1] / w, image.shape[0] / h)
+            groups.setdefault(image.shape[:2], []).append((i, image, scales))
 
         batches = []
         per_call = max(1, self.settings.max_batch_frames)
@@ -151,7 +155,7 @@ class FaceDetector:
                     DetectionBatch(
                         array=array,
                         image_indices=[c[0] for c in chunk],
-                        scales=np.array([c[2] for c in chunk], np.float32),
+                        scales=np.array([c[2] for c in chunk], np.float32).reshape(-1, 2),
                         sizes=[images[c[0]].shape[:2] for c in chunk],
                     )
                 )
@@ -182,7 +186,7 @@ class FaceDetector:
 
             # Back to the original frame's pixels, clipped to it.
             oh, ow = batch.sizes[row]
-            boxes /= batch.scales[row]
+            boxes /= np.tile(batch.scales[row], 2)
             points /= batch.scales[row]
             np.clip(boxes[:, 0::2], 0, ow, out=boxes[:, 0::2])
             np.clip(boxes[:, 1::2], 0, oh, out=boxes[:, 1::2])

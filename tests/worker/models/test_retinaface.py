@@ -162,7 +162,7 @@ def test_decode_matches_reference_on_the_same_raw_outputs(reference, astronaut_r
         ours = detector.postprocess(batch, outputs)
         for row, (mine, ref) in enumerate(zip(ours, theirs)):
             oh, ow = batch.sizes[row]  # these images are not rescaled: same pixel grid
-            assert batch.scales[row] == 1.0
+            assert tuple(batch.scales[row]) == (1.0, 1.0)
             assert mine, "no face found"
             assert_same_faces(mine, reference_boxes(ref, oh, ow), min_iou=0.999)
             compared += 1
@@ -200,10 +200,18 @@ def test_one_batched_call_equals_single_calls(astronaut_rgb, carphone_frames):
 def test_large_frames_are_downscaled_and_mapped_back(detector, astronaut_rgb):
     big = cv2.resize(astronaut_rgb, (1280, 1280), interpolation=cv2.INTER_CUBIC)
     [batch] = detector.preprocess([big])
-    assert batch.array.shape == (1, 3, 640, 640) and batch.scales[0] == 0.5
+    assert batch.array.shape == (1, 3, 640, 640) and tuple(batch.scales[0]) == (0.5, 0.5)
     [[small]] = detector.detect([astronaut_rgb])
     [[large]] = detector.detect([big])
     assert iou(large.box / 2.5, small.box) > 0.9
+    # The astronaut placed at (300, 150) in a 1001x701 frame -> 640x448: x and y scales differ a little.
+    canvas = np.full((701, 1001, 3), 90, np.uint8)
+    canvas[150:662, 300:812] = astronaut_rgb
+    [batch] = detector.preprocess([canvas])
+    assert batch.array.shape == (1, 3, 448, 640)
+    np.testing.assert_allclose(batch.scales[0], (640 / 1001, 448 / 701), rtol=1e-6)
+    [[face]] = detector.detect([canvas])
+    assert iou(face.box, small.box + np.array([300, 150, 300, 150], np.float32)) > 0.9
 
 
 def test_boxes_clipped_to_the_frame(detector, astronaut_rgb):
