@@ -146,9 +146,10 @@ def _reopen(
     container: av.container.InputContainer, path: Path, probe: _Probe
 ) -> av.container.InputContainer:
     """A fresh container at the start of the file (cheaper and surer than seeking to 0)."""
+    index = probe.stream.index
     container.close()
     container = _open(path)
-    probe.stream = container.streams.video[0]
+    probe.stream = container.streams[index]
     return container
 
 
@@ -162,11 +163,16 @@ def _probe(container: av.container.InputContainer, path: Path) -> _Probe:
         raise ScanError("unreadable_media", f"{path.name} is a text file, not a video")
     if fmt in _STILL_IMAGE_FORMATS or fmt.endswith("_pipe"):
         raise ScanError("unreadable_media", f"{path.name} is a still image ({fmt}), not a video")
-    if not container.streams.video:
+    # Cover art (a music file's album picture) is a "video" stream of one image: not a video.
+    videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not videos:
         kinds = sorted({s.type for s in container.streams})
-        has = f"only {' and '.join(kinds)} streams" if kinds else "no streams"
+        if container.streams.video:
+            has = "only cover art" + (f" and {' and '.join(k for k in kinds if k != 'video')}" if len(kinds) > 1 else "")
+        else:
+            has = f"only {' and '.join(kinds)} streams" if kinds else "no streams"
         raise ScanError("no_video_stream", f"the file has no video stream ({has})")
-    stream = container.streams.video[0]
+    stream = next((s for s in videos if s.disposition & av.stream.Disposition.default), videos[0])
     ctx = stream.codec_context
     if not ctx.width or not ctx.height:
         raise ScanError("unreadable_media", "the video stream has no frame size (corrupt or unsupported)")

@@ -194,6 +194,45 @@ def _audio_only(path: Path) -> Path:
     return path
 
 
+def _with_cover_art(path: Path, video_frames: int = 0) -> Path:
+    """An mp4 with an album-cover picture, AAC audio, and optionally a real video track."""
+    with av.open(str(path), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 96, 64, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        video = None
+        if video_frames:
+            video = out.add_stream("libx264", rate=25)
+            video.width, video.height, video.pix_fmt = 96, 64, "yuv420p"
+        audio = out.add_stream("aac", rate=44100)
+        for packet in cover.encode(av.VideoFrame.from_ndarray(np.full((64, 96, 3), 250, np.uint8), format="rgb24")):
+            out.mux(packet)
+        for packet in cover.encode():
+            out.mux(packet)
+        for i in range(video_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96, 3), 4 * i, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                out.mux(packet)
+        if video is not None:
+            for packet in video.encode():
+                out.mux(packet)
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 44100, i * 1024, Fraction(1, 44100)
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    return path
+
+
+def test_cover_art_is_not_the_video(tmp_path):
+    path = _with_cover_art(tmp_path / "with_cover.mp4", video_frames=50)
+    frames, info = decode_frames(path, SETTINGS.replace(frames_per_video=5))
+    assert info.codec == "h264" and info.duration_s == pytest.approx(2.0)
+    assert [round(float(f.image.mean())) for f in frames] == pytest.approx([20, 60, 100, 140, 180], abs=3)  # frames 5, 15, .., 45
+
+
 def _truncated_mp4(path: Path) -> Path:
     whole = encode_clip(path.with_name("whole.mp4"), [np.full((64, 96, 3), 90, np.uint8)] * 50).read_bytes()
     path.write_bytes(whole[: len(whole) // 2])  # the index (moov) is written last: gone
@@ -215,6 +254,7 @@ BAD_INPUTS = {
     ),
     "png_renamed_mp4": (lambda p, astronaut: shutil.copy(astronaut, p), "unreadable_media", "still image"),
     "audio_only": (lambda p, _: _audio_only(p), "no_video_stream", "only audio"),
+    "music_with_cover_art": (lambda p, _: _with_cover_art(p), "no_video_stream", "only cover art and audio"),
     "truncated_mp4": (lambda p, _: _truncated_mp4(p), "unreadable_media", "not a readable video"),
 }
 
