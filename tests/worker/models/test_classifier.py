@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 
 from worker.models.classifier import FakeClassifier
+from worker.models.crops import crop_faces
+from worker.models.retinaface import FaceDetector
 from worker.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def crops(untrained_bundle) -> np.ndarray:
-    size = untrained_bundle.input_size
-    return np.random.default_rng(1).integers(0, 256, (5, size, size, 3), dtype=np.uint8)
+def crops(untrained_bundle, carphone) -> np.ndarray:
+    """Five real face crops: carphone frames -> detector -> the bundle's crop."""
+    with av.open(str(carphone)) as container:
+        frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % 24 == 0]
+    found = FaceDetector(Settings()).detect(frames)
+    crops = np.concatenate(
+        [crop_faces(f, d, untrained_bundle.input_size, untrained_bundle.crop_margin) for f, d in zip(frames, found)]
+    )
+    assert crops.shape == (5, 224, 224, 3)
+    return crops
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +40,7 @@ def test_probabilities_in_range_and_softmax_of_logits(classifier, crops):
     probs = classifier.predict(crops)
     assert probs.shape == (5,) and probs.dtype == np.float32
     assert np.all((probs >= 0) & (probs <= 1))
+    assert np.ptp(probs) > 0  # different faces, different scores: the input reaches the output
     logits = classifier.forward(classifier.preprocess(crops)).astype(np.float64)
     assert logits.shape == (5, 2)
     expected = 1 / (1 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax's fake column for two labels
