@@ -126,9 +126,9 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
         try:
             host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
         except ValueError as exc:  # a port that is not a number
-            raise ScanError("source_refused", f"malformed URL {url!r}: {exc}") from exc
+            raise ScanError("source_refused", f"malformed URL {_shown(url)!r}: {exc}") from exc
         if not host:
-            raise ScanError("source_refused", f"URL has no host: {url!r}")
+            raise ScanError("source_refused", f"URL has no host: {_shown(url)!r}")
         addresses = _vetted_addresses(host, port, settings.http_allow_private)
         conn = _connection(scheme, host, port, addresses, settings)
         try:
@@ -150,14 +150,14 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
                     url = urljoin(url, location)
                     continue
                 if resp.status != 200:
-                    _raise_for_status(resp.status, resp.reason, url)
-                return _download(resp, url, settings.http_max_bytes)
+                    _raise_for_status(resp.status, resp.reason, _shown(url))
+                return _download(resp, _shown(url), settings.http_max_bytes)
             finally:
                 resp.close()  # the socket lives until the response lets go of it too
         finally:
             conn.close()
     raise ScanError(
-        "too_many_redirects", f"more than {settings.http_max_redirects} redirects starting from {uri}"
+        "too_many_redirects", f"more than {settings.http_max_redirects} redirects starting from {_shown(uri)}"
     )
 
 
@@ -242,6 +242,7 @@ def _raise_for_status(status: int, reason: str, url: str) -> None:
 
 
 def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int) -> FetchedVideo:
+    """Stream the body to a temporary file; `url` (query-free) names it in errors and the suffix."""
     declared = resp.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
         raise ScanError("source_too_large", f"{url} is {int(declared)} bytes, over the limit of {max_bytes}")
@@ -272,6 +273,19 @@ def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int) -> Fetch
         path.unlink(missing_ok=True)
         raise
     return FetchedVideo(path, digest.hexdigest(), size, temporary=True)
+
+
+def _shown(url: str) -> str:
+    """`url` as errors may show it: no user info or query (signed URLs carry secrets there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _suffix(url: str) -> str:

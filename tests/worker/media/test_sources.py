@@ -241,6 +241,14 @@ def test_http_status_errors(server, path, code, transient):
     assert path in err.reason
 
 
+def test_http_errors_never_show_url_secrets(server):
+    err = _refused(_req(f"{server}/missing.mp4?X-Amz-Signature=s3cr3t"), OPEN, "source_not_found")
+    assert "s3cr3t" not in err.reason and "/missing.mp4" in err.reason
+    host_port = server.split("//")[1]
+    err = _refused(_req(f"http://user:pa55@{host_port}/loop.mp4?token=s3cr3t"), OPEN, "too_many_redirects")
+    assert "s3cr3t" not in err.reason and "pa55" not in err.reason
+
+
 def test_http_slow_server_times_out(server):
     err = _refused(_req(f"{server}/slow.mp4"), OPEN, "http_timeout")
     assert err.transient
