@@ -248,6 +248,15 @@ def test_keda_kafka_security_matches_the_workers(overlay):
     assert all(ref["name"] == secret["metadata"]["name"] for ref in auth)
 
 
+def test_lag_threshold_exceeds_the_in_flight_window(overlay):
+    """Videos in flight are uncommitted, so they count as lag: a threshold at or below the
+    window would make one busy-but-keeping-up replica ask for another."""
+    name, resources = overlay
+    settings = settings_for(name, resources)
+    meta = one(resources, "ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert int(meta["lagThreshold"]) > settings.max_in_flight
+
+
 def test_max_replicas_within_the_requests_topic_partitions(overlay):
     name, resources = overlay
     settings = settings_for(name, resources)
