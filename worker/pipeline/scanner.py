@@ -7,6 +7,7 @@ videos at once, then classification over all their faces at once, from one threa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -254,9 +255,7 @@ def _read_image(path: Path) -> tuple[list[Frame], VideoInfo]:
 
 def _readdress(cached: Verdict, request: ScanRequest) -> Verdict:
     """A verdict found by content hash, answered for this request."""
-    d = cached.to_dict()
-    d.update(request_id=request.request_id, uri=request.uri, metadata=request.metadata, cached=True)
-    return Verdict.from_dict(d)
+    return dataclasses.replace(cached, request_id=request.request_id, uri=request.uri, metadata=request.metadata, cached=True)
 
 
 def _ms_since(t0: float) -> float:
