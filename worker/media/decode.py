@@ -89,14 +89,18 @@ def decode_frames(
         # Seeking needs a keyframe index only to decide when to skip; the seek itself doesn't.
         if strategy == "seek" and not keyframes:
             keyframes = [0.0]
-        try:
-            picked = _pick(container, probe, targets, keyframes if strategy == "seek" else None, clock, settings)
-            frames, info.rotation = _to_frames(picked, probe)
-        except _SeekFailed:
+        skip_nonref = True
+        while True:
+            try:
+                use_keyframes = keyframes if info.strategy == "seek" else None
+                picked = _pick(container, probe, targets, use_keyframes, clock, settings, skip_nonref)
+                frames, info.rotation = _to_frames(picked, probe)
+                break
+            except _SeekFailed:
+                info.strategy = "sequential"
+            except _SkipMiss:
+                skip_nonref = False
             container = _reopen(container, path, probe)
-            probe.stream.codec_context.thread_type = "AUTO"
-            info.strategy = "sequential"
-            frames, info.rotation = _to_frames(_pick(container, probe, targets, None, clock, settings), probe)
     finally:
         container.close()
     if not frames:
@@ -151,6 +155,7 @@ def _reopen(
     container.close()
     container = _open(path)
     probe.stream = container.streams[index]
+    probe.stream.codec_context.thread_type = "AUTO"
     return container
 
 
@@ -275,35 +280,63 @@ def _choose_strategy(targets: list[float], keyframes: list[float], probe: _Probe
 # --- decoding -----------------------------------------------------------------------------
 
 
-def _decoded(container: av.container.InputContainer, probe: _Probe, clock: _Clock) -> Iterator[av.VideoFrame]:
-    """Frames in presentation order from the current position; stops at EOF or damage."""
-    stream = probe.stream
-    try:
-        for packet in container.demux(stream):
-            clock.check()
-            for frame in packet.decode():
-                clock.check()
-                yield frame
-    except av.FFmpegError:
-        return  # truncated or corrupt from here on: keep what was decoded
-
-
-def _time_of(frame: av.VideoFrame, probe: _Probe, fallback: float) -> float:
+def _time_of(frame: av.VideoFrame | av.Packet, probe: _Probe, fallback: float) -> float:
     if frame.pts is None:
         return fallback
     return float((frame.pts - probe.start_pts) * probe.time_base)
 
 
 class _Cursor:
-    """Walks decoded frames forward, knowing the frame on screen and the next one."""
+    """Decodes forward from the container's position, knowing the frame on screen and the next.
 
-    def __init__(self, frames: Iterator[av.VideoFrame], probe: _Probe, settings: Settings):
-        self._frames = frames
+    While packets are more than two frames before the target, the decoder skips the frames
+    no other frame refers to (skip_frame=NONREF: about half of an H.264 stream with
+    B-frames, decoded for nothing); reference frames decode bit-exactly the same either
+    way. Should a skipped frame have been the one on screen at the target (a gap in a
+    variable-frame-rate stream), it raises _SkipMiss and the caller decodes again without.
+    """
+
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        probe: _Probe,
+        clock: _Clock,
+        settings: Settings,
+        target: float,
+        skip_nonref: bool,
+    ):
         self._probe = probe
         self._max_s = settings.max_duration_s
         self.step = 1 / probe.fps if probe.fps > 0 else 0.0
+        self._skip = skip_nonref and self.step > 0
+        self._skipping: bool | None = None  # unknown: set on the first packet
+        self._skipped_until = -math.inf  # latest time of a packet sent while skipping
+        self._target = target
+        self._frames = self._decode(container, clock)
         self.shown: tuple[float, av.VideoFrame] | None = None
         self.ahead = self._next(0.0)
+
+    def _decode(self, container: av.container.InputContainer, clock: _Clock) -> Iterator[av.VideoFrame]:
+        """Frames in presentation order; stops at the end of the stream or where it is damaged."""
+        ctx = self._probe.stream.codec_context
+        try:
+            for packet in container.demux(self._probe.stream):
+                clock.check()
+                far = False
+                if self._skip and packet.pts is not None:
+                    t = _time_of(packet, self._probe, 0.0)
+                    far = t < self._target - 2 * self.step
+                    if far:
+                        self._skipped_until = max(self._skipped_until, t)
+                if far is not self._skipping:
+                    # FFmpeg copies this into the frame threads when the packet is sent.
+                    ctx.skip_frame = "NONREF" if far else "DEFAULT"
+                    self._skipping = far
+                for frame in packet.decode():
+                    clock.check()
+                    yield frame
+        except av.FFmpegError:
+            return  # truncated or corrupt from here on: keep what was decoded
 
     def _next(self, fallback: float) -> tuple[float, av.VideoFrame] | None:
         frame = next(self._frames, None)
@@ -321,9 +354,13 @@ class _Cursor:
 
     def frame_at(self, target: float) -> tuple[float, av.VideoFrame] | None:
         """The frame on screen at `target`; None past the end of the stream."""
+        self._target = target
         while self.ahead is not None and self.ahead[0] <= target + _EPS:
             self.shown = self.ahead
             self.ahead = self._next(self.shown[0] + self.step)
+        shown_time = self.shown[0] if self.shown is not None else -math.inf
+        if shown_time + _EPS < self._skipped_until <= target + _EPS:
+            raise _SkipMiss(f"a skipped frame at {self._skipped_until:.3f} s was on screen at {target:.3f} s")
         if self.shown is None:
             return self.ahead  # target before the first frame reached: the nearest one
         if self.ahead is None and target >= self.shown[0] + max(self.step, _EPS):
@@ -338,20 +375,21 @@ def _pick(
     keyframes: list[float] | None,
     clock: _Clock,
     settings: Settings,
+    skip_nonref: bool,
 ) -> Iterator[tuple[float, av.VideoFrame]]:
     """The frames on screen at `targets`; `keyframes` given: seek to them when it pays."""
     cursor: _Cursor | None = None
     for target in targets:
         if cursor is None:
             cursor = (
-                _seek(container, probe, target, clock, settings)
+                _seek(container, probe, target, clock, settings, skip_nonref)
                 if keyframes
-                else _Cursor(_decoded(container, probe, clock), probe, settings)
+                else _Cursor(container, probe, clock, settings, target, skip_nonref)
             )
         elif keyframes:
             kf = keyframes[max(bisect.bisect_right(keyframes, target + _EPS) - 1, 0)]
             if kf > cursor.position + _EPS and cursor.position < math.inf:
-                cursor = _seek(container, probe, target, clock, settings)
+                cursor = _seek(container, probe, target, clock, settings, skip_nonref)
         found = cursor.frame_at(target)
         if found is None:
             return  # past the last decodable frame (truncated file)
@@ -359,7 +397,12 @@ def _pick(
 
 
 def _seek(
-    container: av.container.InputContainer, probe: _Probe, target: float, clock: _Clock, settings: Settings
+    container: av.container.InputContainer,
+    probe: _Probe,
+    target: float,
+    clock: _Clock,
+    settings: Settings,
+    skip_nonref: bool,
 ) -> _Cursor:
     """Seek to the keyframe before `target` and return a cursor there.
 
@@ -376,7 +419,7 @@ def _seek(
             container.seek(probe.start_pts + int(seek_s / probe.time_base), stream=probe.stream, backward=True)
         except av.FFmpegError as exc:
             raise _SeekFailed(str(exc)) from exc
-        cursor = _Cursor(_decoded(container, probe, clock), probe, settings)
+        cursor = _Cursor(container, probe, clock, settings, target, skip_nonref)
         if cursor.ahead is not None and cursor.ahead[0] <= target + _EPS:
             return cursor
         # Landed after the target, or where nothing decodes (no keyframe follows): go back.
@@ -387,6 +430,10 @@ def _seek(
 
 class _SeekFailed(Exception):
     """The container refused to seek (raw streams, some damaged files)."""
+
+
+class _SkipMiss(Exception):
+    """A frame skipped as unneeded turned out to be a sampled one."""
 
 
 # --- conversion ---------------------------------------------------------------------------
