@@ -19,6 +19,7 @@ def encode_clip(
     crf: int = 23,
     rotation: int = 0,
     times_s: Sequence[float] | None = None,
+    bframes: int | None = None,
 ) -> Path:
     """Write RGB uint8 frames (all one size, even dimensions) to `path`; returns the path.
 
@@ -27,7 +28,8 @@ def encode_clip(
     turn the stored frames to show them upright, as a phone filming in portrait records it
     (the legacy `rotate` tag); it is written as the display matrix, so decoders must rotate
     the frames back. `times_s` gives each frame's presentation time for a variable frame
-    rate clip (then `fps` is only the nominal rate).
+    rate clip (then `fps` is only the nominal rate). `bframes` caps consecutive B-frames
+    (None: the encoder's default, or 0 for a variable frame rate).
     """
     path = Path(path)
     with av.open(str(path), "w") as out:
@@ -38,10 +40,14 @@ def encode_clip(
             stream.codec_context.gop_size = gop
             options["keyint_min"] = str(gop)
         if times_s is not None:
-            # Millisecond timestamps carry the irregular times. No B-frames: with them x264's
-            # decode timestamps of a VFR clip make the mp4 muxer write a short duration.
+            # Millisecond timestamps carry the irregular times. No B-frames by default: with
+            # some irregular times x264's decode timestamps make the mp4 muxer write a short
+            # duration.
             stream.codec_context.time_base = Fraction(1, 1000)
-            stream.codec_context.max_b_frames = 0
+            if bframes is None:
+                bframes = 0
+        if bframes is not None:
+            stream.codec_context.max_b_frames = bframes
         stream.options = options
         if rotation:
             # PyAV's angle is counter-clockwise (as VideoFrame.rotation reads it back).

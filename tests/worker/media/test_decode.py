@@ -145,6 +145,28 @@ def test_variable_frame_rate_times_follow_pts(tmp_path):
     assert [round(f.time_s, 2) for f in frames] == [0.08, 0.54, 0.54, 1.54, 1.54, 2.5]
 
 
+@pytest.mark.parametrize("strategy", ["seek", "sequential"])
+def test_gap_in_a_vfr_clip_shows_the_last_frame_before_it(tmp_path, carphone_frames, strategy):
+    """Real footage with a 1.6 s pause after frame 61, a B-frame no other frame refers to.
+
+    The decoder skips such frames while far from the next target; targets inside the pause
+    need exactly that frame, so the decode must notice and take it after all.
+    """
+    times = [0.04 * i for i in range(62)] + [4.0 + 0.04 * i for i in range(58)]
+    path = encode_clip(tmp_path / "pause.mp4", carphone_frames, fps=25, times_s=times, bframes=3)
+    truth = _all_frames(path)
+    assert [t for t, _ in truth] == pytest.approx(times)
+
+    frames, info = decode_frames(path, SETTINGS, strategy=strategy)
+
+    targets = sample_times(info.duration_s, 10)
+    assert sum(2.44 < t < 4.0 for t in targets) == 2  # two targets fall in the pause
+    for f, target in zip(frames, targets):
+        t, img = _on_screen(truth, target)
+        assert f.time_s == pytest.approx(t)
+        np.testing.assert_array_equal(f.image, img)
+
+
 def test_missing_duration_falls_back_to_a_sequential_pass(tmp_path):
     """A raw H.264 stream states no duration and cannot seek: timestamps come from a demux pass."""
     images = [np.full((64, 96, 3), 2 * i, np.uint8) for i in range(100)]
