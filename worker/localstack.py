@@ -161,6 +161,23 @@ def stop_process(pid: int, timeout_s: float = 5) -> None:
         pass
 
 
+def settings_env(settings) -> dict[str, str]:
+    """The DFD_* variables that reproduce `settings` in a child process."""
+    import dataclasses
+
+    from worker.settings import env_name
+
+    env = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[env_name(f.name)] = str(value)
+    return env
+
+
 # -- the stack --------------------------------------------------------------------------------
 @dataclass
 class Stack:

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from producer import cli
-from tests.fixtures.stack import read_topic, settings_env
+from tests.fixtures.stack import read_topic
+from worker.localstack import settings_env
 from worker.service.cache import VerdictCache
 from worker.service.kafka_clients import make_producer
 from worker.service.messages import encode_verdict

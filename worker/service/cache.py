@@ -53,8 +53,10 @@ def connect(settings: Settings) -> redis.Redis:
 class VerdictCache:
     """Reads and writes verdicts; thread-safe (redis-py's connection pool)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int):
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int, lookup_by_content: bool = True):
         self.client = client
+        # False: every video is decoded and analysed even if seen before (benchmarks)
+        self.lookup_by_content = lookup_by_content
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._down_until = 0.0
@@ -88,6 +90,8 @@ class VerdictCache:
         return self._read(request_key(self.prefix, request_id))
 
     def get_by_content(self, content_sha256: str, model_sha256: str) -> Verdict | None:
+        if not self.lookup_by_content:
+            return None
         return self._read(content_key(self.prefix, content_sha256, model_sha256))
 
     def _read(self, key: str) -> Verdict | None:
