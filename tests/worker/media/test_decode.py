@@ -102,6 +102,21 @@ def test_seek_with_b_frames_on_real_footage(bikes):
         np.testing.assert_array_equal(a.image, b.image)
 
 
+def test_parallel_decodes_match_serial_ones(carphone, bikes):
+    """The worker decodes in a thread pool: PyAV releases the GIL, nothing may be shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [carphone, bikes] * 3
+    serial = [decode_frames(p, SETTINGS)[0] for p in paths[:2]]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda p: decode_frames(p, SETTINGS)[0], paths))
+    for i, frames in enumerate(parallel):
+        expected = serial[i % 2]
+        assert [f.time_s for f in frames] == [f.time_s for f in expected]
+        for a, b in zip(frames, expected):
+            np.testing.assert_array_equal(a.image, b.image)
+
+
 def _marked(height: int, width: int) -> np.ndarray:
     """Grey frame, red square top-left, green square bottom-right."""
     img = np.full((height, width, 3), 128, np.uint8)
