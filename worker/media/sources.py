@@ -62,12 +62,14 @@ def fetch(request: ScanRequest, settings: Settings, extra_roots: Sequence[str] =
     connection failures, HTTP 429 and 5xx).
     """
     uri = request.uri.strip()
+    if not uri:
+        raise ScanError("source_refused", "the request names no video (empty URI)")
     scheme = urlsplit(uri).scheme.lower()
     if scheme in ("http", "https"):
         video = _fetch_http(uri, settings)
     elif scheme == "file":
         video = _fetch_local(_file_uri_path(uri), (*settings.allowed_roots, *extra_roots))
-    elif scheme == "" and uri:
+    elif scheme == "":
         video = _fetch_local(uri, (*settings.allowed_roots, *extra_roots))
     else:
         raise ScanError("source_refused", f"unsupported URI scheme {scheme!r}: use a path, file://, http:// or https://")

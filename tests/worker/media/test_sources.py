@@ -103,6 +103,11 @@ def test_unknown_schemes_are_refused(uri):
     assert "unsupported URI scheme" in err.reason
 
 
+def test_empty_uri_is_refused():
+    err = _refused(_req("  "), Settings(allowed_roots=("/",)), "source_refused")
+    assert "empty" in err.reason
+
+
 def test_sha256_checked(tree):
     settings = Settings(allowed_roots=(str(tree["root"]),))
     path = str(tree["root"] / "clip.mp4")
