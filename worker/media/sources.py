@@ -176,9 +176,8 @@ def _vetted_addresses(host: str, port: int, allow_private: bool) -> list[str]:
     if not allow_private:
         for address in addresses:
             if not _is_public(address):
-                raise ScanError(
-                    "source_refused", f"{host} resolves to {address}, a private, loopback or reserved address"
-                )
+                what = host if address == host else f"{host} resolves to {address}, which"
+                raise ScanError("source_refused", f"{what} is a private, loopback or reserved address")
     return addresses
 
 
