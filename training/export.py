@@ -83,6 +83,7 @@ def export(
     version: str = "0.1.0",
     demo: bool = False,
     parity_crops: int = 32,
+    notes: dict | None = None,
 ) -> tuple[ModelBundle, Parity]:
     """Export, check parity, write the bundle into `out`; returns (loaded bundle, parity figures)."""
     import torch
@@ -155,6 +156,7 @@ def export(
                 "precision": precision,
                 "onnx_parity": parity.__dict__,
                 "torch": torch.__version__,
+                **(notes or {}),
             },
         )
     return bundle, parity

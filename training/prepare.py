@@ -289,6 +289,43 @@ def _prepare_video(item, sha, frames, out, settings, size, val_fraction, test_fr
     return len(rows)
 
 
+def prepare_images(
+    images: Sequence[tuple[str, np.ndarray, str, str, str]],
+    out: str | Path,
+    settings: Settings | None = None,
+    *,
+    input_size: int = 224,
+    detector=None,
+) -> int:
+    """Add faces from still images: (name, RGB image, label, group, split) each; returns crops added.
+
+    Same detector and crop code as videos (a still is a one-frame video); names already in
+    the metadata are skipped, so this too can be rerun.
+    """
+    settings = settings or Settings.from_env()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {k: getattr(settings, k) for k in CROP_KEYS if k != "input_size"} | {"input_size": input_size}
+    _check_settings(out, info)
+    done = {r["video"] for r in read_table(out / "metadata.csv") if r["origin"] == "image"}
+    todo = [im for im in images if im[0] not in done]
+    if not todo:
+        return 0
+    if detector is None:
+        from worker.models.retinaface import FaceDetector
+
+        detector = FaceDetector(settings)
+    rows = []
+    for (name, image, label, group, split), dets in zip(todo, detector.detect([im[1] for im in todo])):
+        for crop, fields in face_rows(image, dets, input_size, settings.crop_margin, settings.align_faces):
+            rel = Path("crops") / label / "images" / f"{name}_{fields['face_index']}.png"
+            save_rgb(out / rel, crop)
+            rows.append({"crop": rel.as_posix(), "video": name, "group": group, "split": split, "label": label,
+                         "origin": "image", "source": name, "frame_index": 0, "time_s": 0.0, **fields})
+    append_rows(out / "metadata.csv", META_FIELDS, rows)
+    return len(rows)
+
+
 def add_arguments(p) -> None:
     p.add_argument("input", type=Path, help="folder with real/ and fake/ subfolders, or a CSV manifest (path,label[,split][,group])")
     p.add_argument("out", type=Path, help="output folder (crops/, metadata.csv, videos.csv); rerun to resume")
