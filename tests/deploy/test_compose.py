@@ -6,6 +6,7 @@ No Docker engine here, so the stack itself is not started (see docs/deploy.md).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib.resources
 import json
@@ -90,6 +91,9 @@ def test_kafka_runs_kraft_and_advertises_the_workers_bootstrap():
     settings = service_settings("worker")
     assert advertised[kafka["KAFKA_INTER_BROKER_LISTENER_NAME"]] == settings.kafka_bootstrap
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    # KRaft refuses to format storage with a cluster id that is not a base64url 16-byte UUID
+    cluster_id = kafka["CLUSTER_ID"]
+    assert len(cluster_id) == 22 and len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
     # Redis is the compose service the worker is pointed at
     assert re.match(r"redis://redis:6379/", settings.redis_url)
 
