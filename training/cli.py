@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         from training.untrained_bundle import main as init_bundle
 
         return init_bundle(argv[1:])
-    parser = argparse.ArgumentParser(prog="dfd-train", description=__doc__.split("\n")[0].strip("`: "),
+    parser = argparse.ArgumentParser(prog="dfd-train", description="Prepare data, train, evaluate and export deepfake classifiers for the worker.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
