@@ -174,7 +174,12 @@ class Runner:
     # -- intake (main thread) ----------------------------------------------------------
     def _accept(self, tp: TopicPartition, msg) -> None:
         metrics.MESSAGES_CONSUMED.inc()
-        self.tracker.add(tp, msg.offset)
+        try:
+            self.tracker.add(tp, msg.offset)
+        except ValueError:
+            # the position went back (offset reset): what was pending there will be redelivered
+            log.warning("offset_rewound", partition=tp.partition, offset=msg.offset, dropped=self.tracker.forget(tp))
+            self.tracker.add(tp, msg.offset)
         metrics.IN_FLIGHT.set(self.tracker.pending())
         work = _Work(tp, msg.offset, msg.key)
         parsed = parse_request(msg.value, self.settings.max_message_bytes)
