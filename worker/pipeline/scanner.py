@@ -21,6 +21,7 @@ import structlog
 
 from worker.media.decode import decode_frames
 from worker.media.sources import fetch
+from worker.memory import pin_mmap_threshold
 from worker.models.bundle import ModelBundle, load_bundle
 from worker.models.classifier import FakeClassifier
 from worker.models.crops import crop_faces
@@ -56,6 +57,7 @@ class Scanner:
             if not settings.model_dir:
                 raise ValueError("no model bundle: set DFD_MODEL_DIR (or pass --model-dir)")
             bundle = load_bundle(settings.model_dir)
+        pin_mmap_threshold()
         self.settings = settings
         self.bundle = bundle
         self.detector = FaceDetector(settings)
