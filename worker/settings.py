@@ -31,6 +31,9 @@ class Settings:
     http_max_bytes: int = _opt(512 * 1024 * 1024, "Largest video fetched over HTTP(S), in bytes.")
     http_connect_timeout_s: float = _opt(5.0, "HTTP connect timeout.")
     http_read_timeout_s: float = _opt(30.0, "HTTP read timeout between bytes.")
+    http_total_timeout_s: float = _opt(
+        300.0, "Wall-clock cap on one whole download, so a server that drips bytes cannot hold a worker thread."
+    )
     http_max_redirects: int = _opt(3, "Redirects followed before a fetch is refused.")
     http_allow_private: bool = _opt(
         False, "Allow HTTP targets on loopback, private and link-local addresses (SSRF guard off; tests and local stacks only)."

@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import unquote, urljoin, urlsplit
@@ -120,6 +121,7 @@ def _fetch_local(raw_path: str, roots: Sequence[str]) -> FetchedVideo:
 
 def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
     url = uri
+    deadline = time.monotonic() + settings.http_total_timeout_s
     for _hop in range(settings.http_max_redirects + 1):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -153,7 +155,7 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
                     continue
                 if resp.status != 200:
                     _raise_for_status(resp.status, resp.reason, _shown(url))
-                return _download(resp, _shown(url), settings.http_max_bytes)
+                return _download(resp, _shown(url), settings.http_max_bytes, deadline)
             finally:
                 resp.close()  # the socket lives until the response lets go of it too
         finally:
@@ -242,7 +244,7 @@ def _raise_for_status(status: int, reason: str, url: str) -> None:
     raise ScanError("http_error", f"HTTP {status} {reason} for {url}", transient=transient)
 
 
-def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int) -> FetchedVideo:
+def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int, deadline: float) -> FetchedVideo:
     """Stream the body to a temporary file; `url` (query-free) names it in errors and the suffix."""
     declared = resp.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
@@ -264,6 +266,8 @@ def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int) -> Fetch
                     raise ScanError("source_too_large", f"{url} sent more than the limit of {max_bytes} bytes")
                 digest.update(chunk)
                 out.write(chunk)
+                if time.monotonic() > deadline:
+                    raise socket.timeout("total download time exceeded")
     except (TimeoutError, socket.timeout) as exc:
         path.unlink(missing_ok=True)
         raise ScanError("http_timeout", f"{url} stalled after {size} bytes", transient=True) from exc

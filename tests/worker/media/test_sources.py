@@ -147,6 +147,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(BODY[:1000])
             self.wfile.flush()
             time.sleep(2.0)
+        elif path == "/drip.mp4":
+            # A byte every 0.1 s: never trips the read timeout, only the total deadline.
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            try:
+                for i in range(100):
+                    self.wfile.write(BODY[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
         elif path == "/huge-declared.mp4":
             self.send_response(200)
             self.send_header("Content-Length", str(10**12))
@@ -262,6 +274,13 @@ def test_http_slow_server_times_out(server):
 def test_http_stall_mid_body_times_out(server):
     err = _refused(_req(f"{server}/stall.mp4"), OPEN, "http_timeout")
     assert err.transient and "after 1000 bytes" in err.reason
+
+
+def test_http_drip_feed_hits_the_total_deadline(server):
+    t0 = time.monotonic()
+    err = _refused(_req(f"{server}/drip.mp4"), OPEN.replace(http_total_timeout_s=1.0), "http_timeout")
+    assert err.transient and "stalled after" in err.reason
+    assert time.monotonic() - t0 < 5  # gave up near the deadline, not after the 10 s drip
 
 
 def test_http_connection_refused_is_transient():
