@@ -153,3 +153,47 @@ def test_cli_scan_prints_json_lines_and_exit_codes(untrained_bundle, carphone, t
 
     usage = _cli("scan", str(carphone), env_extra={"DFD_NOT_A_SETTING": "1"})
     assert usage.returncode == 2 and "DFD_NOT_A_SETTING" in usage.stderr
+
+
+@pytest.fixture(scope="module")
+def video_server(carphone):
+    """A real local HTTP server: /carphone.mp4 is the clip, anything else 404s."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = carphone.read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            ok = self.path == "/carphone.mp4"
+            payload = body if ok else b"not found"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_http_sources_end_to_end(untrained_bundle, video_server, carphone):
+    open_scanner = Scanner(Settings.from_env({}, model_dir=str(untrained_bundle.path), http_allow_private=True))
+    good, missing = open_scanner.scan(
+        [ScanRequest("h1", f"{video_server}/carphone.mp4"), ScanRequest("h2", f"{video_server}/gone.mp4")]
+    )
+    assert good.label in ("fake", "real") and good.frames_with_faces >= 9
+    import hashlib
+
+    assert good.content_sha256 == hashlib.sha256(carphone.read_bytes()).hexdigest()
+    assert missing.label == "error" and "404" in missing.reason
+
+    # the default guard refuses a loopback target before connecting
+    guarded = Scanner(Settings.from_env({}, model_dir=str(untrained_bundle.path)))
+    (refused,) = guarded.scan([ScanRequest("h3", f"{video_server}/carphone.mp4")])
+    assert refused.label == "error" and refused.error_code == "source_refused"
