@@ -1,6 +1,6 @@
 """Streaming benchmark: the worker through a broker and Redis against in-process `Scanner.scan`, same run.
 
-    python -m benchmarks.streaming [--videos 60] [--total 500] [--write docs/benchmarks.md]
+    python -m benchmarks.streaming [--videos 30] [--total 500] [--paced 30] [--no-small-rest] [--write docs/benchmarks.md]
 
 - scan: `Scanner.scan` over `--videos` requests of the detection benchmark's clips, in a
   child process (videos/s, peak RSS);
@@ -12,7 +12,10 @@
 - latency: requests paced at half the measured rate, time from the producer's ack to the
   verdict arriving on the results topic (p50/p99);
 - memory: the worker's RSS sampled through the run, which continues with more requests
-  until `--total` have gone through it; peak and growth are reported.
+  until `--total` have gone through it (on small 176x144 clips unless --no-small-rest, to
+  keep the run short on two cores); peak and growth are reported.
+- CPU seconds per video of both, which background load on a shared machine disturbs far
+  less than wall-clock rates.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def small_clips(n: int = 24) -> list[Path]:
     return paths
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _proc_status(pid: int, field: str) -> float:
     """VmRSS / VmHWM of a process, in MB."""
     with open(f"/proc/{pid}/status") as f:
@@ -75,10 +85,11 @@ def phase_scan(n: int) -> dict:
     roots = [str(clips[0].parent)]
     requests = [ScanRequest(f"s{i}", str(clips[i % len(clips)])) for i in range(n)]
     scanner.scan(requests[:2], extra_roots=roots)  # warm-up, as the worker gets
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     verdicts = scanner.scan(requests, extra_roots=roots)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {"videos": len(verdicts), "seconds": elapsed, "videos_per_s": len(verdicts) / elapsed,
+            "cpu_s_per_video": cpu / len(verdicts),
             "peak_rss_mb": _proc_status(os.getpid(), "VmHWM")}
 
 
@@ -152,7 +163,7 @@ def _submit(producer, settings, clips, tag: str, n: int, sent: dict[str, float])
     return ids
 
 
-def run_stream(videos: int, total: int, workdir: Path, small_rest: bool) -> dict:
+def run_stream(videos: int, total: int, workdir: Path, small_rest: bool, paced_n: int = 30) -> dict:
     import shutil
 
     from worker.localstack import create_topics, free_port, settings_env, start_broker, start_redis, stop_process
@@ -195,14 +206,14 @@ def run_stream(videos: int, total: int, workdir: Path, small_rest: bool) -> dict
         results.wait_for(_submit(producer, settings, clips, "warm", 2, sent), 180, sample)
 
         # throughput: everything at once, as scan gets it
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds(worker.pid)
         burst = _submit(producer, settings, clips, "burst", videos, sent)
         results.wait_for(burst, 1800, sample)
         elapsed = max(results.arrived[r] for r in burst) - t0
+        cpu_per_video = (_cpu_seconds(worker.pid) - cpu0) / videos
         rate = videos / elapsed
 
         # latency: paced below capacity
-        paced_n = max(20, min(60, videos))
         interval = 2.0 / rate
         paced = []
         for i in range(paced_n):
@@ -239,7 +250,7 @@ def run_stream(videos: int, total: int, workdir: Path, small_rest: bool) -> dict
     n_total = len(results.arrived)
     tenth = next((mb for n, mb in rss if n >= n_total // 10), rss[0][1])
     return {
-        "videos": videos, "seconds": elapsed, "videos_per_s": rate,
+        "videos": videos, "seconds": elapsed, "videos_per_s": rate, "cpu_s_per_video": cpu_per_video,
         "paced_requests": paced_n, "paced_interval_s": interval,
         "latency_p50_ms": statistics.median(latencies),
         "latency_p99_ms": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))],
@@ -273,6 +284,8 @@ def report(scan: dict, stream: dict) -> str:
         f"| videos/s, in-process `Scanner.scan` ({scan['videos']} videos) | {scan['videos_per_s']:.2f} | |",
         f"| videos/s, through broker + worker + Redis ({stream['videos']} videos, all submitted at once) | {stream['videos_per_s']:.2f} | |",
         f"| streaming / in-process | **{ratio:.2f}** | >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'} |",
+        f"| CPU seconds per video (all threads), in-process / worker process | {scan['cpu_s_per_video']:.2f} / {stream['cpu_s_per_video']:.2f} "
+        f"(worker uses {stream['cpu_s_per_video'] / scan['cpu_s_per_video'] - 1:+.0%}) | |",
         f"| request-to-verdict latency p50 / p99, {stream['paced_requests']} requests paced every {stream['paced_interval_s']:.2f} s | {stream['latency_p50_ms']:.0f} / {stream['latency_p99_ms']:.0f} ms | |",
         f"| worker peak RSS over {stream['requests_total']} requests{small_note} | {stream['worker_peak_rss_mb']:.0f} MB | stable |",
         f"| worker RSS after 10% of the requests -> at the end | {stream['worker_rss_mb_at_10pct']:.0f} -> {stream['worker_rss_mb_at_end']:.0f} MB ({growth:+.0f} MB) | |",
@@ -287,10 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=["scan", "worker"])
     ap.add_argument("--n", type=int, default=0)
-    ap.add_argument("--videos", type=int, default=60, help="videos in the throughput comparison")
+    ap.add_argument("--videos", type=int, default=30, help="videos in the throughput comparison")
     ap.add_argument("--total", type=int, default=500, help="requests through the worker in all")
-    ap.add_argument("--small-rest", action="store_true",
-                    help="after the timed phases, reach --total with small 176x144 clips (faster memory run)")
+    ap.add_argument("--paced", type=int, default=30, help="requests in the latency phase")
+    ap.add_argument("--small-rest", action=argparse.BooleanOptionalAction, default=True,
+                    help="after the timed phases, reach --total with small 176x144 clips (a shorter memory run; "
+                         "--no-small-rest keeps the 720p clips)")
     ap.add_argument("--write", type=Path, help="Markdown file whose 'Streaming' section gets the figures")
     args = ap.parse_args(argv)
     if args.phase == "scan":
@@ -305,14 +320,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
         scan = run_child("scan", args.videos)
-        stream = run_stream(args.videos, args.total, Path(tmp), args.small_rest)
+        stream = run_stream(args.videos, args.total, Path(tmp), args.small_rest, args.paced)
     text = report(scan, stream)
     print(text)
     print(json.dumps({"scan": scan, "stream": stream}, indent=1), file=sys.stderr)
     if args.write:
         stamp = time.strftime("%Y-%m-%d")
         write_section(args.write, "Streaming", f"Measured {stamp} with `python -m benchmarks.streaming --videos {args.videos} "
-                      f"--total {args.total}{' --small-rest' if args.small_rest else ''} --write {args.write}`.\n\n{text}")
+                      f"--total {args.total} --paced {args.paced}{'' if args.small_rest else ' --no-small-rest'} --write {args.write}`.\n\n{text}")
     return 0
 
 
