@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 # Bump when the recipe changes: the cache folder is keyed by it.
 DEMO_VERSION = "1"
 DEMO_NAME = "convnextv2-atto-DEMO-sbi"
-INPUT_SIZE = 160  # smaller than 224 so the demo trains in minutes on two cores
+INPUT_SIZE = 128  # smaller than 224 so the demo trains in minutes on two cores
+FRAMES_PER_CLIP = 20  # more carphone frames than the worker's default 10: more (correlated) faces
+EPOCHS = 10
 CARPHONE_CLIPS = 6  # the 120-frame clip is cut into this many groups (train/val/test by group)
 SPLIT_OF_CLIP = ("train", "train", "train", "train", "val", "test")
 
@@ -117,7 +119,7 @@ def _valid(folder: Path) -> bool:
         return False
 
 
-def ensure_demo_bundle(cache_dir: str | Path | None = None, *, epochs: float = 6, progress: bool = False) -> Path:
+def ensure_demo_bundle(cache_dir: str | Path | None = None, *, epochs: float = EPOCHS, progress: bool = False) -> Path:
     """The cached demo bundle's folder, built first if missing or invalid (a few minutes on CPU)."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache / f"demo-bundle-{DEMO_VERSION}"
@@ -137,7 +139,7 @@ def ensure_demo_bundle(cache_dir: str | Path | None = None, *, epochs: float = 6
         return final
 
 
-def build_demo(work: Path, *, epochs: float = 6, progress: bool = False) -> Path:
+def build_demo(work: Path, *, epochs: float = EPOCHS, progress: bool = False) -> Path:
     """Run the whole chain in `work` (resumable); returns the bundle folder inside it."""
     from training.evaluate import evaluate
     from training.export import export
@@ -145,7 +147,7 @@ def build_demo(work: Path, *, epochs: float = 6, progress: bool = False) -> Path
     from training.synth import synthesize
     from training.train import train
 
-    settings = Settings.from_env()
+    settings = Settings.from_env().replace(frames_per_video=FRAMES_PER_CLIP)
     data = work / "data"
     from worker.models.retinaface import FaceDetector
 
@@ -156,9 +158,11 @@ def build_demo(work: Path, *, epochs: float = 6, progress: bool = False) -> Path
     run = work / "run"
     if run.exists():
         shutil.rmtree(run)  # training is the one step that is redone from scratch
-    model_dir = train(data, run, base="atto", epochs=epochs, batch_size=32, learning_rate=1e-3, patience=epochs,
+    model_dir = train(data, run, base="atto", epochs=epochs, batch_size=32, learning_rate=1e-3, patience=4,
                       report_to=[], quiet=not progress)
-    report = evaluate(model_dir, data, work / "report", tsne=True)
+    # A demo that calls every video fake would only confuse: its threshold keeps false alarms on
+    # the validation reals at or below 10% instead of maximising F1.
+    report = evaluate(model_dir, data, work / "report", method="target_fpr", target=0.1, tsne=True)
     bundle_dir = work / "bundle"
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
