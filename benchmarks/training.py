@@ -5,7 +5,7 @@ benchmarks/clips.py) with the worker's default settings (10 frames per video); t
 the real `training.train.train` (HF Trainer, augmentations, loss weights, data loading from
 PNG crops) on crops plus self-blended fakes and reads the Trainer's own samples/s.
 
-    python -m benchmarks.training [--videos 8] [--steps 8] [--sizes 128,224]
+    python -m benchmarks.training [--videos 8] [--steps 20] [--sizes 128,224]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def bench_train(data: Path, run: Path, steps: int, batch: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8, help="training steps per input size (after the Trainer's start-up)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per input size (after the Trainer's start-up)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sizes", default="128,224", help="input sizes to time training at")
     args = parser.parse_args(argv)
@@ -65,6 +65,8 @@ def main(argv=None) -> int:
             data = Path(tmp, f"data{size}")
             results["prepare"][size] = bench_prepare(clips, data, size)
             synthesize(data, progress=False)
+            # a short untimed run first: torch's first steps at a new shape are several times slower
+            bench_train(data, Path(tmp, f"warm{size}"), 2, args.batch)
             results["train"][size] = bench_train(data, Path(tmp, f"run{size}"), args.steps, args.batch)
     results["load_average_after"] = os.getloadavg()[0]
 
