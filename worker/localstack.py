@@ -336,7 +336,7 @@ def _describe(verdict) -> str:
     name = verdict.uri.rsplit("/", 1)[-1]
     score = "  -   " if verdict.score is None else f"{verdict.score:.4f}"
     detail = verdict.reason if verdict.label in ("error", "no_face") else (
-        f"faces in {verdict.frames_with_faces}/{verdict.frames_sampled} frames, threshold {verdict.threshold}"
+        f"faces in {verdict.frames_with_faces}/{verdict.frames_sampled} frames, threshold {verdict.threshold:.3f}"
     )
     cached = " [from cache]" if verdict.cached else ""
     return f"  {verdict.label:8} {score}  {name:28} {detail}{cached}"
