@@ -361,6 +361,9 @@ def demo(model_dir: str | None = None) -> int:
         env.update({
             "DFD_MODEL_DIR": str(bundle), "DFD_ALLOWED_ROOTS": str(videos[0].parent), "DFD_GROUP_ID": "dfd-demo",
             "DFD_KAFKA_SESSION_TIMEOUT_MS": "6000", "DFD_HTTP_PORT": "0", "DFD_LOG_FORMAT": "json",
+            # a fresh key prefix per run, so the first pass really scans even if Redis kept an
+            # earlier demo's verdicts; they expire after an hour
+            "DFD_REDIS_KEY_PREFIX": f"dfd-demo-{int(time.time())}", "DFD_REDIS_TTL_S": "3600",
         })
         with open(logs, "ab") as log:
             worker = subprocess.Popen([sys.executable, "-m", "worker.service.runner"], env=env, stdout=log,
