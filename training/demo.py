@@ -32,7 +32,7 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 # Bump when the recipe changes: the cache folder is keyed by it.
-DEMO_VERSION = "1"
+DEMO_VERSION = "v1"
 DEMO_NAME = "convnextv2-atto-DEMO-sbi"
 INPUT_SIZE = 128  # smaller than 224 so the demo trains in minutes on two cores
 FRAMES_PER_CLIP = 20  # more carphone frames than the worker's default 10: more (correlated) faces
