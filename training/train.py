@@ -215,7 +215,7 @@ def train(
 
 def hyperparameter_search(trainer, n_trials: int):
     if importlib.util.find_spec("optuna") is None:
-        raise DataError("--hp-trials needs Optuna, which is optional: pip install optuna")
+        raise DataError("--hp-trials needs Optuna, which is optional: pip install 'deepfake-stream[tune]' (or optuna)")
 
     def space(trial):
         return {

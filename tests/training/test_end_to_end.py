@@ -85,3 +85,14 @@ def test_worker_scans_with_the_bundle_and_sees_the_training_crops(chain, prepare
         got = np.array([served[int(r["frame_index"])] for r in clip_rows])
         # PNG crops are lossless, so the only difference is ONNX Runtime vs torch arithmetic
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_hyperparameter_search_with_optuna(prepared, tmp_path):
+    pytest.importorskip("optuna", reason="Optuna is optional (pip install optuna)")
+    from training.train import train
+
+    model_dir = train(prepared, tmp_path / "run", max_steps=2, eval_steps=2, batch_size=16, report_to=[], hp_trials=2, quiet=True)
+    info = json.loads((model_dir / "dfd_training.json").read_text())
+    search = info["hyperparameter_search"]
+    assert set(search["best"]) == {"learning_rate", "weight_decay", "per_device_train_batch_size"}
+    assert 0.0 <= search["objective"] <= 1.0
