@@ -144,14 +144,13 @@ class CropDataset:
     before normalising (training only).
     """
 
-    def __init__(self, folder: str | Path, rows: list[dict[str, str]], input_size: int, mean, std, augment=None, seed: int = 0):
+    def __init__(self, folder: str | Path, rows: list[dict[str, str]], input_size: int, mean, std, augment=None):
         self.folder = Path(folder)
         self.rows = rows
         self.input_size = input_size
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
         self.labels = np.array([LABELS.index(r["label"]) for r in rows], np.int64)
 
     def __len__(self) -> int:
@@ -169,6 +168,9 @@ class CropDataset:
 
         image = self.image(i)
         if self.augment is not None:
-            image = self.augment(image, self.rng)
+            # Draw from torch's generator: the DataLoader seeds it differently in every worker
+            # process and epoch, where a numpy Generator would be copied into each worker as is.
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            image = self.augment(image, rng)
         x = (image.astype(np.float32) / 255.0 - self.mean) / self.std
         return {"pixel_values": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), "labels": int(self.labels[i])}

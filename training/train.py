@@ -128,7 +128,7 @@ def train(
     check_two_classes(val_rows, "validation split")
 
     model, mean, std = load_base(base, seed)
-    train_set = CropDataset(data, train_rows, input_size, mean, std, augment, seed)
+    train_set = CropDataset(data, train_rows, input_size, mean, std, augment)
     val_set = CropDataset(data, val_rows, input_size, mean, std, None)
     weights = torch.tensor(class_weights(train_set.labels))
 
