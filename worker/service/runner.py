@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.net.selector import KernelEvent
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from worker.service import metrics
@@ -64,20 +65,30 @@ class _Work:
     attempts: int = 0
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Rebalance hooks. kafka-python 3 runs them on its network thread, where blocking calls are
+    refused and would stall heartbeats: they are coroutines, and the revoke drain yields to the
+    client's loop while it waits (`_loop_sleep`), so the member stays alive in the group."""
+
     def __init__(self, runner: "Runner"):
         self.runner = runner
 
-    def on_partitions_revoked(self, revoked):
-        self.runner._on_revoked(list(revoked))
+    async def on_partitions_revoked(self, revoked):
+        await self.runner._on_revoked(list(revoked))
 
-    def on_partitions_assigned(self, assigned):
+    async def on_partitions_assigned(self, assigned):
         self.runner._on_assigned(list(assigned))
 
-    def on_partitions_lost(self, lost):
+    async def on_partitions_lost(self, lost):
         # evicted from the group: the partitions already belong to someone else, so committing
         # would fail; drop them and let the new owner redo the unfinished work
         self.runner._on_lost(list(lost))
+
+
+def _loop_sleep(seconds: float) -> KernelEvent:
+    """An awaitable pause on kafka-python's own event loop (what its coordinator uses as
+    `net.sleep`); kafka-python is pinned, as this is part of its 3.x internals."""
+    return KernelEvent("_sleep", seconds)
 
 
 class Runner:
@@ -101,6 +112,8 @@ class Runner:
         self.health = health or HealthState()
         self.health.models_loaded = True
         self.tracker = OffsetTracker()
+        # the rebalance hooks run on kafka-python's network thread, the rest on the main thread
+        self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="load")
         self._decoded: queue.Queue[tuple[_Work, DecodedVideo]] = queue.Queue()
         self._acks: queue.Queue[tuple[_Work, Exception | None]] = queue.Queue()
@@ -128,7 +141,9 @@ class Runner:
         try:
             while not self._stop.is_set():
                 self._step()
-            self._drain(self.tracker.partitions(), reason="shutdown")
+            with self._lock:
+                partitions = self.tracker.partitions()
+            self._drain(partitions, reason="shutdown")
         finally:
             self._close()
 
@@ -136,7 +151,7 @@ class Runner:
         self._collect_done()
         self._maybe_commit()
         self._flow_control()
-        room = max(1, self.settings.max_in_flight - self.tracker.pending())
+        room = max(1, self.settings.max_in_flight - self._pending())
         try:
             records = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=room)
         except KafkaError as exc:
@@ -174,13 +189,14 @@ class Runner:
     # -- intake (main thread) ----------------------------------------------------------
     def _accept(self, tp: TopicPartition, msg) -> None:
         metrics.MESSAGES_CONSUMED.inc()
-        try:
-            self.tracker.add(tp, msg.offset)
-        except ValueError:
-            # the position went back (offset reset): what was pending there will be redelivered
-            log.warning("offset_rewound", partition=tp.partition, offset=msg.offset, dropped=self.tracker.forget(tp))
-            self.tracker.add(tp, msg.offset)
-        metrics.IN_FLIGHT.set(self.tracker.pending())
+        with self._lock:
+            try:
+                self.tracker.add(tp, msg.offset)
+            except ValueError:
+                # the position went back (offset reset): what was pending there will be redelivered
+                log.warning("offset_rewound", partition=tp.partition, offset=msg.offset, dropped=self.tracker.forget(tp))
+                self.tracker.add(tp, msg.offset)
+            metrics.IN_FLIGHT.set(self.tracker.pending())
         work = _Work(tp, msg.offset, msg.key)
         parsed = parse_request(msg.value, self.settings.max_message_bytes)
         if isinstance(parsed, Rejected):
@@ -321,39 +337,55 @@ class Runner:
     # -- offsets (main thread) ------------------------------------------------------------
     def _collect_done(self) -> int:
         n = 0
-        while True:
-            try:
-                work = self._done.get_nowait()
-            except queue.Empty:
-                break
-            if self.tracker.done(work.tp, work.offset):
-                n += 1
-        metrics.IN_FLIGHT.set(self.tracker.pending())
+        with self._lock:
+            while True:
+                try:
+                    work = self._done.get_nowait()
+                except queue.Empty:
+                    break
+                if self.tracker.done(work.tp, work.offset):
+                    n += 1
+            metrics.IN_FLIGHT.set(self.tracker.pending())
         return n
+
+    def _pending(self, partitions: list[TopicPartition] | None = None) -> int:
+        with self._lock:
+            if partitions is None:
+                return self.tracker.pending()
+            return sum(self.tracker.pending(tp) for tp in partitions)
+
+    def _to_commit(self, partitions: list[TopicPartition] | None) -> dict[TopicPartition, int]:
+        with self._lock:
+            offsets = self.tracker.to_commit()
+        if partitions is not None:
+            offsets = {tp: off for tp, off in offsets.items() if tp in partitions}
+        return offsets
+
+    def _committed(self, offsets: dict[TopicPartition, int]) -> None:
+        metrics.COMMITS.inc()
+        with self._lock:
+            for tp, off in offsets.items():
+                self.tracker.committed(tp, off)
 
     def _maybe_commit(self, force: bool = False, partitions: list[TopicPartition] | None = None) -> None:
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
         self._last_commit = now
-        offsets = self.tracker.to_commit()
-        if partitions is not None:
-            offsets = {tp: off for tp, off in offsets.items() if tp in partitions}
+        offsets = self._to_commit(partitions)
         if not offsets:
             return
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+            self.consumer.commit(_commit_request(offsets))
         except Exception as exc:  # rebalance in progress, broker away: the next commit carries the progress
             metrics.FAILURES.labels("commit").inc()
             log.warning("commit_failed", error=str(exc))
             return
-        metrics.COMMITS.inc()
-        for tp, off in offsets.items():
-            self.tracker.committed(tp, off)
+        self._committed(offsets)
         self.health.tick(broker_reachable=True)
 
     def _flow_control(self) -> None:
-        full = self.tracker.pending() >= self.settings.max_in_flight
+        full = self._pending() >= self.settings.max_in_flight
         assigned = self.consumer.assignment()
         if full and not self._paused:
             self.consumer.pause(*assigned)
@@ -380,34 +412,55 @@ class Runner:
             reachable = bool(self.consumer.assignment()) or self.consumer.bootstrap_connected()
         self.health.tick(broker_reachable=reachable)
 
-    # -- draining (main thread: from run() or from inside poll() for rebalances) -------------
+    # -- draining: on shutdown (main thread) and on revocation (kafka-python's network thread) ------
     def _drain(self, partitions: list[TopicPartition], reason: str) -> None:
+        """Shutdown: wait for in-flight work within the grace period, commit, forget."""
         if not partitions:
             return
         deadline = time.monotonic() + self.settings.drain_grace_s
-        waiting = sum(self.tracker.pending(tp) for tp in partitions)
-        log.info("draining", reason=reason, in_flight=waiting, grace_s=self.settings.drain_grace_s)
-        while sum(self.tracker.pending(tp) for tp in partitions) and time.monotonic() < deadline:
+        log.info("draining", reason=reason, in_flight=self._pending(partitions), grace_s=self.settings.drain_grace_s)
+        while self._pending(partitions) and time.monotonic() < deadline:
             self._collect_done()
             time.sleep(0.02)
         self._collect_done()
         self._maybe_commit(force=True, partitions=partitions)
-        left = sum(self.tracker.pending(tp) for tp in partitions)
-        if left:
-            log.warning("drain_incomplete", reason=reason, abandoned=left)
-        for tp in partitions:
-            self.tracker.forget(tp)
-        metrics.IN_FLIGHT.set(self.tracker.pending())
-        log.info("drained", reason=reason, abandoned=left)
+        self._forget(partitions, reason)
 
-    def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Rebalance: the same drain, waiting on the client's loop so heartbeats go on, and an
+        asynchronous commit awaited there (the blocking one is refused on that thread)."""
         metrics.REBALANCES.labels("revoked").inc()
-        self._drain([tp for tp in revoked if tp in self.tracker.partitions()], reason="rebalance")
+        with self._lock:
+            partitions = [tp for tp in revoked if tp in self.tracker.partitions()]
+        if partitions:
+            deadline = time.monotonic() + self.settings.drain_grace_s
+            log.info("draining", reason="rebalance", in_flight=self._pending(partitions), grace_s=self.settings.drain_grace_s)
+            while self._pending(partitions) and time.monotonic() < deadline:
+                self._collect_done()
+                await _loop_sleep(0.02)
+            self._collect_done()
+            offsets = self._to_commit(partitions)
+            if offsets:
+                try:
+                    await self.consumer.commit_async(_commit_request(offsets))
+                    self._committed(offsets)
+                except Exception as exc:  # the new owner starts from the previous commit: duplicates, no loss
+                    metrics.FAILURES.labels("commit").inc()
+                    log.warning("commit_failed", error=str(exc), during="rebalance")
+            self._forget(partitions, "rebalance")
         for tp in revoked:
             try:
                 metrics.CONSUMER_LAG.remove(f"{tp.topic}:{tp.partition}")
             except KeyError:  # no lag reported for it yet
                 pass
+
+    def _forget(self, partitions: list[TopicPartition], reason: str) -> None:
+        with self._lock:
+            left = sum(self.tracker.forget(tp) for tp in partitions)
+            metrics.IN_FLIGHT.set(self.tracker.pending())
+        if left:
+            log.warning("drain_incomplete", reason=reason, abandoned=left)
+        log.info("drained", reason=reason, abandoned=left)
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels("assigned").inc()
@@ -416,8 +469,13 @@ class Runner:
 
     def _on_lost(self, lost: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels("lost").inc()
-        dropped = sum(self.tracker.forget(tp) for tp in lost)
+        with self._lock:
+            dropped = sum(self.tracker.forget(tp) for tp in lost)
         log.warning("partitions_lost", partitions=sorted(tp.partition for tp in lost), abandoned=dropped)
+
+
+def _commit_request(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
 
 
 def run(settings: Settings) -> int:

@@ -139,3 +139,28 @@ def test_sigterm_drains_in_flight_work_and_commits(settings, procs, varied_clips
     for (partition, offset), rid in positions.items():
         if rid in answered:
             assert committed[partition] is not None and offset < committed[partition]
+
+
+def test_worker_joining_mid_run_triggers_a_drained_rebalance_without_loss(settings, procs, varied_clips, tmp_path):
+    ids = _submit(settings, varied_clips, "join")
+    positions = _positions(settings, len(ids))
+    first = start_worker(settings, tmp_path / "a.log")
+    procs.append(first)
+    wait_for_log(tmp_path / "a.log", '"event": "verdict"', timeout_s=90, count=3, proc=first)
+    second = start_worker(settings, tmp_path / "b.log")
+    procs.append(second)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not set(ids) <= set(_answered(settings)):
+        time.sleep(1)
+    answered = _answered(settings)
+    assert set(answered) == set(ids)
+    # the first worker gave up partitions: it drained its in-flight work before letting go
+    first_log = (tmp_path / "a.log").read_text()
+    assert '"reason": "rebalance"' in first_log and '"event": "drained"' in first_log
+    assert '"abandoned": 0' in first_log
+    assert '"commit_failed"' not in first_log  # progress committed before letting go
+    assert len(answered) == len(ids)  # a clean drain redoes nothing
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert committed_offsets(settings, PARTITIONS) == {p: sum(1 for (q, _) in positions if q == p) for p in range(PARTITIONS)}
