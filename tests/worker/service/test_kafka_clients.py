@@ -1,0 +1,30 @@
+"""Kafka client configuration from settings: security, manual commits, group timeouts."""
+
+from worker.service.kafka_clients import consumer_config, producer_config
+from worker.settings import Settings
+
+
+def test_plaintext_defaults_commit_manually_from_earliest():
+    cfg = consumer_config(Settings(kafka_bootstrap="a:9092, b:9093", group_id="g", kafka_session_timeout_ms=6000))
+    assert cfg["bootstrap_servers"] == ["a:9092", "b:9093"]
+    assert cfg["enable_auto_commit"] is False and cfg["auto_offset_reset"] == "earliest"
+    assert cfg["group_id"] == "g" and cfg["session_timeout_ms"] == 6000
+    assert cfg["security_protocol"] == "PLAINTEXT"
+    assert not any(k.startswith(("sasl", "ssl")) for k in cfg)
+
+
+def test_sasl_ssl_settings_reach_the_clients():
+    s = Settings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="u",
+        kafka_sasl_password="p", kafka_ssl_cafile="/ca.pem", kafka_ssl_certfile="/c.pem", kafka_ssl_keyfile="/k.pem",
+    )
+    for cfg in (consumer_config(s), producer_config(s)):
+        assert cfg["security_protocol"] == "SASL_SSL"
+        assert (cfg["sasl_mechanism"], cfg["sasl_plain_username"], cfg["sasl_plain_password"]) == ("SCRAM-SHA-512", "u", "p")
+        assert (cfg["ssl_cafile"], cfg["ssl_certfile"], cfg["ssl_keyfile"]) == ("/ca.pem", "/c.pem", "/k.pem")
+    assert producer_config(s)["acks"] == "all"
+
+
+def test_ssl_without_sasl_has_no_sasl_options():
+    cfg = producer_config(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile="/ca.pem"))
+    assert cfg["ssl_cafile"] == "/ca.pem" and not any(k.startswith("sasl") for k in cfg)
