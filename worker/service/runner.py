@@ -17,6 +17,7 @@ commit, then let go; work not finished by then is redelivered to whoever owns it
 from __future__ import annotations
 
 import argparse
+import math
 import queue
 import signal
 import sys
@@ -398,7 +399,6 @@ class Runner:
         metrics.PAUSED.set(1 if self._paused else 0)
 
     def _report_lag(self) -> None:
-        reachable = False
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)  # from fetch responses; None until the first fetch
             try:
@@ -407,10 +407,18 @@ class Runner:
                 position = None
             if high is not None and position is not None:
                 metrics.CONSUMER_LAG.labels(f"{tp.topic}:{tp.partition}").set(max(0, high - position))
-                reachable = True
-        if not reachable:
-            reachable = bool(self.consumer.assignment()) or self.consumer.bootstrap_connected()
-        self.health.tick(broker_reachable=reachable)
+        self.health.tick(broker_reachable=self._broker_reachable())
+
+    def _broker_reachable(self) -> bool:
+        """The group coordinator answered a heartbeat within the session timeout (the consumer's
+        `last-heartbeat-seconds-ago` metric); before the first heartbeat, a completed join counts."""
+        try:
+            ago = self.consumer.metrics().get("consumer-coordinator-metrics", {}).get("last-heartbeat-seconds-ago")
+        except Exception:
+            ago = None
+        if ago is not None and math.isfinite(ago):
+            return ago * 1000 < self.settings.kafka_session_timeout_ms
+        return bool(self.consumer.assignment())
 
     # -- draining: on shutdown (main thread) and on revocation (kafka-python's network thread) ------
     def _drain(self, partitions: list[TopicPartition], reason: str) -> None:

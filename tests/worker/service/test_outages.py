@@ -90,14 +90,25 @@ def test_broker_frozen_30s_then_resumed_worker_recovers(stack, untrained_bundle,
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(_answered(settings)) < 2:
             time.sleep(0.2)
+        deadline = time.monotonic() + 15  # readiness is re-evaluated every few seconds
+        while time.monotonic() < deadline and not runner.health.ready():
+            time.sleep(0.2)
+        assert runner.health.ready()
         os.kill(broker.pid, signal.SIGSTOP)
         time.sleep(30)
+        # no heartbeat answered for longer than the session timeout: not ready
+        assert not runner.health.ready() and not runner.health.broker_reachable
+        assert runner.health.alive()  # but alive: the loop keeps turning, restarting would not help
         os.kill(broker.pid, signal.SIGCONT)
         assert set(first) <= _wait_answered(settings, first, 120), "work in flight during the freeze was lost"
         # and it consumes new work again
         more = client.submit([ScanRequest(f"m-{i}", str(c)) for i, c in enumerate(varied_clips[12:16])])
         assert set(more) <= _wait_answered(settings, more, 90)
         assert thread.is_alive()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not runner.health.ready():
+            time.sleep(0.5)
+        assert runner.health.ready()
     finally:
         runner.stop()
         thread.join(60)
