@@ -94,17 +94,19 @@ def phase_ours(n: int) -> dict:
 
 def phase_baseline(n: int) -> dict:
     import cv2
+    import onnxruntime as ort
 
     from worker.models.bundle import load_bundle
     from worker.models.classifier import FakeClassifier
     from worker.models.crops import crop_faces
-    from worker.models.retinaface import FaceDetector
+    from worker.models.retinaface import FaceDetector, load_detector_model
 
     clips = benchmark_clips(min(n, 12))
     settings = _settings(detect_long_side=0, max_batch_frames=1, max_batch_faces=1)
     bundle = load_bundle(settings.model_dir)
-    detector = FaceDetector(settings)
-    classifier = FakeClassifier(bundle, settings)
+    # Plain ORT sessions with default options, as a script would open them.
+    detector = FaceDetector(settings, session=ort.InferenceSession(load_detector_model(settings)))
+    classifier = FakeClassifier(bundle, settings, session=ort.InferenceSession(str(bundle.model_path)))
     faces = 0
     t0 = time.perf_counter()
     for i in range(n):

@@ -75,10 +75,8 @@ def create_session(model: bytes | str | Path, settings: Settings) -> ort.Inferen
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Batch sizes vary from call to call: the CPU arena and per-shape memory patterns keep
-    # every peak they ever saw, and RSS climbed by ~50 MB per new classifier batch size
-    # (measured). Without them memory stays flat for a few percent of speed.
-    options.enable_cpu_mem_arena = False
+    # Batch sizes vary from call to call: per-shape memory patterns would be planned and
+    # kept for each of them and only pay off for fixed shapes.
     options.enable_mem_pattern = False
     # Decode threads share the cores with inference; spinning ORT threads would steal them.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

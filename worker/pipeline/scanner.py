@@ -21,7 +21,7 @@ import structlog
 
 from worker.media.decode import decode_frames
 from worker.media.sources import fetch
-from worker.memory import pin_mmap_threshold
+from worker.memory import release_free_memory
 from worker.models.bundle import ModelBundle, load_bundle
 from worker.models.classifier import FakeClassifier
 from worker.models.crops import crop_faces
@@ -57,7 +57,6 @@ class Scanner:
             if not settings.model_dir:
                 raise ValueError("no model bundle: set DFD_MODEL_DIR (or pass --model-dir)")
             bundle = load_bundle(settings.model_dir)
-        pin_mmap_threshold()
         self.settings = settings
         self.bundle = bundle
         self.detector = FaceDetector(settings)
@@ -135,6 +134,8 @@ class Scanner:
             log.exception("analyze_failed", videos=len(videos))
             err = ScanError("internal_error", f"{type(exc).__name__}: {exc}")
             return [self._error(v.request, err, v.timings_ms) for v in videos]
+        finally:
+            release_free_memory()  # the batch's frames are gone: see worker/memory.py
 
     def _analyze(self, videos: list[DecodedVideo]) -> list[Verdict]:
         frames: list[tuple[int, Frame]] = [(vi, f) for vi, v in enumerate(videos) for f in v.frames]
