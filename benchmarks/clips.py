@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 
 from worker.media.encode import encode_clip
+from worker.paths import cache_dir
 
 WIDTH, HEIGHT, FPS, SECONDS = 1280, 720, 30, 10
-CACHE = Path(os.environ.get("DFD_CACHE_DIR", Path.home() / ".cache" / "deepfake-stream")) / "bench-clips-v1"
+CACHE = cache_dir() / "bench-clips-v1"
 
 
 def carphone_path() -> Path:

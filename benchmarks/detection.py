@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.clips import FPS, HEIGHT, SECONDS, WIDTH, benchmark_clips
+from worker.paths import cache_dir
 
-CACHE = Path(os.environ.get("DFD_CACHE_DIR", Path.home() / ".cache" / "deepfake-stream"))
+CACHE = cache_dir()
 
 
 def bench_bundle() -> Path:

@@ -33,9 +33,10 @@ from pathlib import Path
 
 from benchmarks.clips import FPS, HEIGHT, SECONDS, WIDTH, benchmark_clips
 from benchmarks.detection import bench_bundle, write_section
+from worker.paths import cache_dir
 
 N_CLIPS = 12
-SMALL_CACHE = Path(os.environ.get("DFD_CACHE_DIR", Path.home() / ".cache" / "deepfake-stream")) / "bench-small-clips-v1"
+SMALL_CACHE = cache_dir() / "bench-small-clips-v1"
 
 
 def small_clips(n: int = 24) -> list[Path]:

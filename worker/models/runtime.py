@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from worker.paths import cache_dir
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def provider_options(name: str) -> dict[str, str]:
     keep the engines on disk so a restarted worker reuses them (not exercised on CPU-only CI)."""
     if name != PROVIDER_NAMES["tensorrt"]:
         return {}
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "deepfake-stream", "tensorrt")
+    cache = cache_dir() / "tensorrt"
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: build engines every start rather than fail
