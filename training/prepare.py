@@ -11,7 +11,6 @@ an interrupted run loses nothing; unreadable videos are listed and skipped.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -34,6 +33,7 @@ from training.dataset import (
     split_for,
     write_table,
 )
+from worker.models.bundle import file_sha256
 from worker.settings import Settings
 from worker.types import Detection, ScanError
 
@@ -117,14 +117,6 @@ def items_from_manifest(manifest: Path, allow_missing: bool = False) -> list[Vid
     if not items:
         raise DataError(f"none of the {len(rows)} files in manifest {manifest} exist")
     return items
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- crops -----------------------------------------------------------------------------------

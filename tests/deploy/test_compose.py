@@ -12,7 +12,6 @@ import importlib.resources
 import json
 import re
 import shlex
-from pathlib import Path
 
 import jsonschema
 import pytest

@@ -64,3 +64,16 @@ def encode_clip(
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def no_face_frames(count: int = 75, seed: int = 0) -> list[np.ndarray]:
+    """240x320 frames of moving coloured blocks over noise: a clip with no face anywhere."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        img = np.full((240, 320, 3), 40, np.uint8)
+        x = (i * 4) % 280
+        img[60:140, x : x + 40] = (200, 60, 60)
+        img[150:200, 300 - x : 340 - x] = (60, 200, 90)
+        frames.append(np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8))
+    return frames

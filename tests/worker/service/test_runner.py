@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -68,7 +67,6 @@ def start(scanner):
 
 def test_n_requests_give_exactly_n_verdicts_in_topic_and_redis(settings, start, carphone, no_face_clip, tmp_path):
     client = ScanClient(settings)
-    missing = tmp_path / "missing.mp4"
     uris = [str(carphone)] * 3 + [no_face_clip.as_uri()] * 2 + [str(carphone.parent / "nope.mp4"), "ftp://example.com/v.mp4"]
     requests = [ScanRequest(f"req-{i}", uri, metadata={"n": i}) for i, uri in enumerate(uris)]
     ids = client.submit(requests)
