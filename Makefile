@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m benchmarks.detection
 	$(BIN)/python -m benchmarks.streaming
+	$(BIN)/python -m benchmarks.training
 
 clean:
 	rm -rf $(VENV) .pytest_cache
