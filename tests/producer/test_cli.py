@@ -13,21 +13,9 @@ from worker.localstack import settings_env
 from worker.service.cache import VerdictCache
 from worker.service.kafka_clients import make_producer
 from worker.service.messages import encode_verdict
-from worker.types import ModelInfo, Verdict
+from tests.producer.conftest import make_verdict
 
 pytestmark = pytest.mark.broker
-
-MODEL = ModelInfo("convnextv2-atto", "1.2.3", "ab" * 32)
-
-
-def _verdict(rid, sha="cd" * 32, label="real", score=0.1):
-    return Verdict(rid, f"file:///{rid}.mp4", label, score=score, threshold=0.5, model=MODEL, content_sha256=sha)
-
-
-@pytest.fixture
-def settings(stack):
-    return stack.settings()
-
 
 @pytest.fixture
 def env(settings, monkeypatch):
@@ -65,7 +53,7 @@ def test_cli_usage_errors(env):
 
 def test_get_by_request_id_and_by_hash(env):
     cache = VerdictCache.from_settings(env)
-    assert cache.put(_verdict("r1"))
+    assert cache.put(make_verdict("r1"))
     code, [doc] = _run(["get", "r1"])
     assert code == 0 and doc["request_id"] == "r1" and doc["label"] == "real"
     code, [doc] = _run(["get", "--sha256", "CD" * 32])
@@ -79,7 +67,7 @@ def test_get_by_request_id_and_by_hash(env):
 def test_tail_prints_the_results_topic(env):
     producer = make_producer(env)
     for rid in ("t1", "t2", "t3"):
-        producer.send(env.results_topic, key=rid.encode(), value=encode_verdict(_verdict(rid)))
+        producer.send(env.results_topic, key=rid.encode(), value=encode_verdict(make_verdict(rid)))
     producer.flush()
     producer.close()
     code, lines = _run(["tail", "--idle-timeout", "2"])

@@ -10,21 +10,10 @@ from worker.localstack import free_port
 from worker.service.cache import VerdictCache
 from worker.service.kafka_clients import make_producer
 from worker.service.messages import encode_verdict, parse_request
-from worker.types import ModelInfo, ScanRequest, Verdict
+from tests.producer.conftest import MODEL, make_verdict
+from worker.types import ScanRequest
 
 pytestmark = pytest.mark.broker
-
-MODEL = ModelInfo("convnextv2-atto", "1.2.3", "ab" * 32)
-
-
-def _verdict(rid, sha="cd" * 32, label="real", score=0.1):
-    return Verdict(rid, f"file:///{rid}.mp4", label, score=score, threshold=0.5, model=MODEL, content_sha256=sha)
-
-
-@pytest.fixture
-def settings(stack):
-    return stack.settings()
-
 
 def test_submit_publishes_versioned_requests_keyed_by_id(settings):
     with ScanClient(settings) as client:
@@ -40,7 +29,7 @@ def test_submit_publishes_versioned_requests_keyed_by_id(settings):
 
 def test_error_verdicts_are_not_cached_by_content(settings):
     cache = VerdictCache.from_settings(settings)
-    cache.put(_verdict("bad", sha="11" * 32, label="error", score=None))
+    cache.put(make_verdict("bad", sha="11" * 32, label="error", score=None))
     assert cache.get("bad").label == "error"
     assert cache.get_by_content("11" * 32, MODEL.sha256) is None
 
@@ -48,10 +37,10 @@ def test_error_verdicts_are_not_cached_by_content(settings):
 def test_wait_reads_redis_and_falls_back_to_the_topic_when_redis_is_down(settings):
     producer = make_producer(settings)
     for rid in ("w1", "w2"):
-        producer.send(settings.results_topic, key=rid.encode(), value=encode_verdict(_verdict(rid)))
+        producer.send(settings.results_topic, key=rid.encode(), value=encode_verdict(make_verdict(rid)))
     producer.flush()
     producer.close()
-    VerdictCache.from_settings(settings).put(_verdict("w1"))
+    VerdictCache.from_settings(settings).put(make_verdict("w1"))
     with ScanClient(settings) as client:
         got = list(client.wait(["w1", "w2"], timeout_s=1))
     assert [v.request_id for v in got] == ["w1"]  # w2 is only in the topic, Redis answers w1
