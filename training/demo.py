@@ -162,8 +162,8 @@ def build_demo(work: Path, *, epochs: float = EPOCHS, progress: bool = False) ->
     run = work / "run"
     if run.exists():
         shutil.rmtree(run)  # training is the one step that is redone from scratch
-    model_dir = train(data, run, base="atto", epochs=epochs, batch_size=32, learning_rate=LEARNING_RATE, patience=max(1, int(epochs)),
-                      report_to=[], quiet=not progress)
+    model_dir = train(data, run, base="atto", epochs=epochs, batch_size=32, learning_rate=LEARNING_RATE,
+                      patience=max(1, int(epochs)), report_to=[], quiet=not progress)
     # A demo that calls every video fake would only confuse: its threshold keeps false alarms on
     # the validation reals at or below 10% instead of maximising F1.
     report = evaluate(model_dir, data, work / "report", method="target_fpr", target=0.1, tsne=True)
