@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.detection
 	$(BIN)/python -m benchmarks.streaming
 	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.startup
 
 clean:
 	rm -rf $(VENV) .pytest_cache

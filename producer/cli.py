@@ -7,6 +7,8 @@
 
 Output is JSON lines on stdout: `{"request_id", "uri"}` per submitted video, or one
 verdict per line. Connection settings come from DFD_* variables (`dfd-worker settings`).
+Local paths are sent as absolute file:// URIs: the worker reads them itself, so they must
+lie under the worker's DFD_ALLOWED_ROOTS (on a shared disk or volume).
 Exit codes: 0 done; 1 a verdict was not found or did not arrive in time; 2 wrong usage.
 """
 
@@ -15,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Iterable, TextIO
 
-from producer.client import ScanClient, new_request_id
-from worker.settings import Settings
-from worker.types import ScanRequest
+# Kafka, Redis and numpy are imported where they are used, so `--help` answers at once.
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
 
@@ -34,23 +35,64 @@ def _print(doc: dict, out: TextIO) -> None:
     out.flush()
 
 
+def to_uri(item: str) -> str:
+    """A URI as given; a local path as an absolute file:// URI, since the worker runs elsewhere
+    (another folder, host or pod) and a relative path would mean nothing there."""
+    if "://" in item:
+        return item
+    return Path(item).expanduser().resolve().as_uri()
+
+
+def local_path_notes(uris: list[str], allowed_roots: tuple[str, ...]) -> list[str]:
+    """Warnings for file:// URIs the worker will probably refuse, said at submit time."""
+    from urllib.parse import unquote, urlparse
+
+    paths = [Path(unquote(urlparse(u).path)) for u in uris if u.startswith("file://")]
+    if not paths:
+        return []
+    notes = [f"{p} does not exist here" for p in paths if not p.exists()]
+    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+    outside = [p for p in paths if not any(p == r or r in p.parents for r in roots)]
+    if outside:
+        where = ", ".join(str(r) for r in roots) if roots else "none set here"
+        notes.append(
+            f"{len(outside)} local file(s) must lie under the worker's DFD_ALLOWED_ROOTS (here: {where}), "
+            f"e.g. start the worker with DFD_ALLOWED_ROOTS={outside[0].parent}"
+        )
+    return notes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfd-producer", description=__doc__.splitlines()[0],
+                                     epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_submit = sub.add_parser("submit", help="publish scan requests (and optionally wait for the verdicts)",
+                              description="Publish one scan request per video to the requests topic. Local paths "
+                              "become absolute file:// URIs, which the worker reads only under its DFD_ALLOWED_ROOTS.")
+    p_submit.add_argument("uris", nargs="*", metavar="URI", help="paths or URIs (file://, http(s)://); '-' reads them from stdin")
+    p_submit.add_argument("--file", "-f", help="read URIs from this file, one per line ('-': stdin) (default: none)")
+    p_submit.add_argument("--wait", action="store_true", help="print each verdict as it arrives (default: print the request ids and return)")
+    p_submit.add_argument("--timeout", type=float, default=300, help="seconds --wait waits for all verdicts (default: %(default)s)")
+    p_submit.add_argument("--metadata", default="{}", help="JSON object passed through to every verdict (default: %(default)s)")
+    p_get = sub.add_parser("get", help="print a cached verdict from Redis",
+                           description="Print the verdict cached in Redis for a request id, or for a video's content "
+                           "hash. Exit 1 when none is cached (not done yet, expired, or Redis away).")
+    p_get.add_argument("request_id", nargs="?", help="request id (or use --sha256)")
+    p_get.add_argument("--sha256", help="look up by the video's content hash instead (default: by request id)")
+    p_get.add_argument("--model-sha256", help="with --sha256: only verdicts of this model (default: the newest by any model)")
+    p_tail = sub.add_parser("tail", help="print every verdict in the results topic, then follow it",
+                            description="Read the results topic from its beginning (every partition, no consumer "
+                            "group, so it takes nothing from other readers), print each verdict, then follow new ones.")
+    p_tail.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a verdict (default: follow until Ctrl-C)")
+    return parser
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="dfd-producer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_submit = sub.add_parser("submit", help="publish scan requests")
-    p_submit.add_argument("uris", nargs="*", help="paths or URIs (file://, http(s)://); '-' reads them from stdin")
-    p_submit.add_argument("--file", "-f", help="read URIs from this file, one per line ('-': stdin)")
-    p_submit.add_argument("--wait", action="store_true", help="print each verdict as it arrives")
-    p_submit.add_argument("--timeout", type=float, default=300, help="seconds --wait waits for all verdicts")
-    p_submit.add_argument("--metadata", default="{}", help="JSON object passed through to every verdict")
-    p_get = sub.add_parser("get", help="print a cached verdict")
-    p_get.add_argument("request_id", nargs="?", help="request id")
-    p_get.add_argument("--sha256", help="look up by the video's content hash instead")
-    p_get.add_argument("--model-sha256", help="with --sha256: only verdicts of this model")
-    p_tail = sub.add_parser("tail", help="print every verdict in the results topic, then follow it")
-    p_tail.add_argument("--idle-timeout", type=float, help="stop after this many seconds without a verdict")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from producer.client import ScanClient, new_request_id
+    from worker.settings import Settings
+    from worker.types import ScanRequest
 
     try:
         settings = Settings.from_env()
@@ -76,6 +118,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if not uris:
             print("dfd-producer: nothing to submit (give URIs, --file, or -)", file=sys.stderr)
             return EXIT_USAGE
+        uris = [to_uri(u) for u in uris]
+        for note in local_path_notes(uris, settings.allowed_roots):
+            print(f"dfd-producer: note: {note}", file=sys.stderr)
         requests = [ScanRequest(new_request_id(), uri, None, dict(metadata)) for uri in uris]
         with ScanClient(settings) as client:
             ids = client.submit(requests)

@@ -397,14 +397,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfd-stack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the broker (and Redis if needed), create the topics")
-    p_up.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT, help="broker port (a free one if taken)")
+    p_up.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT, help="broker port, a free one if taken (default: %(default)s)")
+    p_up.add_argument("--env", action="store_true",
+                      help="print only `export DFD_...` lines for the shell, as in eval \"$(dfd-stack up --env)\" (default: JSON)")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="print the stack's state as JSON")
     p_demo = sub.add_parser("demo", help="up, scan sample videos with a worker, print the verdicts, down")
-    p_demo.add_argument("--model-dir", help="use this model bundle instead of the demo one")
+    p_demo.add_argument("--model-dir", help="use this model bundle (default: the demo bundle, built on first use)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "up":
         stack = up(args.port)
+        if args.env:
+            for k, v in stack.env().items():
+                print(f"export {k}={v}")
+            return 0
         print(json.dumps({"bootstrap": stack.bootstrap, "redis_url": stack.redis_url, "topics": stack.topics}))
         print("# point the worker and producer at it:", file=sys.stderr)
         for k, v in stack.env().items():

@@ -155,6 +155,7 @@ class Verdict:
     error_code: str | None = None
     model: ModelInfo | None = None
     faces: list[FaceResult] = field(default_factory=list)
+    faces_dropped: int = 0  # faces detected but not scored (over DFD_MAX_FACES_PER_FRAME in their frame)
     frames_sampled: int = 0
     frames_with_faces: int = 0
     content_sha256: str | None = None
@@ -191,6 +192,7 @@ class Verdict:
             "notice": self.notice,
             "model": self.model.to_dict() if self.model else None,
             "faces": [f.to_dict() for f in self.faces],
+            "faces_dropped": self.faces_dropped,
             "frames_sampled": self.frames_sampled,
             "frames_with_faces": self.frames_with_faces,
             "content_sha256": self.content_sha256,

@@ -38,7 +38,8 @@ def test_cli_submit_reads_args_file_and_stdin(env, tmp_path, monkeypatch):
     code, lines = _run(["submit", "/v/0.mp4", "-", "--file", str(listing), "--metadata", '{"src": "t"}'],
                        stdin="/v/3.mp4\n", monkeypatch=monkeypatch)
     assert code == 0
-    assert [line["uri"] for line in lines] == ["/v/0.mp4", "/v/1.mp4", "/v/2.mp4", "/v/3.mp4"]  # args, file, stdin
+    # args, file, stdin; local paths go out as absolute file:// URIs
+    assert [line["uri"] for line in lines] == ["file:///v/0.mp4", "file:///v/1.mp4", "file:///v/2.mp4", "file:///v/3.mp4"]
     records = read_topic(env.kafka_bootstrap, env.requests_topic, count=4, timeout_s=20)
     docs = {r.json()["request_id"]: r.json() for r in records}
     assert set(docs) == {line["request_id"] for line in lines}
@@ -73,3 +74,23 @@ def test_tail_prints_the_results_topic(env):
     code, lines = _run(["tail", "--idle-timeout", "2"])
     assert code == 0
     assert sorted(line["request_id"] for line in lines) == ["t1", "t2", "t3"]
+
+
+def test_submit_sends_relative_paths_as_absolute_file_uris_and_says_where_they_must_lie(env, tmp_path, monkeypatch, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DFD_ALLOWED_ROOTS", str(tmp_path / "elsewhere"))
+    code, lines = _run(["submit", "clip.mp4", "https://example.org/v.mp4"])
+    assert code == 0
+    assert [line["uri"] for line in lines] == [clip.as_uri(), "https://example.org/v.mp4"]
+    err = capsys.readouterr().err
+    assert "DFD_ALLOWED_ROOTS" in err and str(tmp_path) in err
+
+    monkeypatch.setenv("DFD_ALLOWED_ROOTS", str(tmp_path))
+    code, [line] = _run(["submit", "./clip.mp4"])
+    assert code == 0 and line["uri"] == clip.as_uri()
+    assert "DFD_ALLOWED_ROOTS" not in capsys.readouterr().err  # inside the roots: nothing to warn about
+
+    code, _ = _run(["submit", "missing.mp4"])
+    assert code == 0 and "does not exist" in capsys.readouterr().err

@@ -165,7 +165,7 @@ class FaceDetector:
         """Raw network outputs for one batch: loc [N,P,4], conf [N,P,2], landmarks [N,P,10]."""
         return self.session.run(None, {self.input_name: batch.array})
 
-    def postprocess(self, batch: DetectionBatch, outputs: list[np.ndarray]) -> list[list[Detection]]:
+    def postprocess(self, batch: DetectionBatch, outputs: list[np.ndarray]) -> list["FrameFaces"]:
         """Decode, threshold, NMS, map back to original pixels, size filter, keep the largest."""
         loc, conf, landms = outputs
         height, width = batch.array.shape[2:]
@@ -196,19 +196,32 @@ class FaceDetector:
             wh = boxes[:, 2:] - boxes[:, :2]
             big_enough = np.flatnonzero(wh.min(axis=1) >= s.min_face_px)
             order = big_enough[np.argsort(-(wh[big_enough, 0] * wh[big_enough, 1]), kind="stable")]
-            order = order[: max(0, s.max_faces_per_frame)]
+            kept = order[: max(0, s.max_faces_per_frame)]
             results.append(
-                [Detection(box=boxes[k].copy(), score=float(row_scores[k]), landmarks=points[k].copy()) for k in order]
+                FrameFaces(
+                    [Detection(box=boxes[k].copy(), score=float(row_scores[k]), landmarks=points[k].copy()) for k in kept],
+                    dropped=int(order.size - kept.size),
+                )
             )
         return results
 
-    def detect(self, images: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, images: list[np.ndarray]) -> list["FrameFaces"]:
         """Faces in each image (RGB uint8 HxWx3), largest first, in original pixel coordinates."""
-        found: list[list[Detection]] = [[] for _ in images]
+        found: list[FrameFaces] = [FrameFaces() for _ in images]
         for batch in self.preprocess(images):
             for index, faces in zip(batch.image_indices, self.postprocess(batch, self.forward(batch))):
                 found[index] = faces
         return found
+
+
+class FrameFaces(list):
+    """The faces kept in one frame (a list of Detection, largest first). `dropped` counts the
+    faces that passed every filter but were left out by DFD_MAX_FACES_PER_FRAME, so a verdict
+    can say that it did not score every face it saw."""
+
+    def __init__(self, faces=(), dropped: int = 0):
+        super().__init__(faces)
+        self.dropped = dropped
 
 
 def decode_boxes(loc: np.ndarray, anchors: np.ndarray) -> np.ndarray:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -161,6 +160,9 @@ class Scanner:
         classify_ms = _ms_since(t0)
 
         n_faces = np.bincount([o[0] for o in owners], minlength=len(videos)).astype(np.float64)
+        dropped = np.zeros(len(videos), np.int64)
+        for (vi, _), dets in zip(frames, detections):
+            dropped[vi] += getattr(dets, "dropped", 0)
         verdicts = []
         for vi, video in enumerate(videos):
             # Batched stage times are shared out by each video's share of the work.
@@ -173,10 +175,12 @@ class Scanner:
                 for (owner, frame, d), s in zip(owners, scores)
                 if owner == vi
             ]
-            verdicts.append(self._verdict(video, faces, timings))
+            verdicts.append(self._verdict(video, faces, timings, faces_dropped=int(dropped[vi])))
         return verdicts
 
-    def _verdict(self, video: DecodedVideo, faces: list[FaceResult], timings: dict[str, float]) -> Verdict:
+    def _verdict(
+        self, video: DecodedVideo, faces: list[FaceResult], timings: dict[str, float], faces_dropped: int = 0
+    ) -> Verdict:
         req = video.request
         common = dict(
             request_id=req.request_id,
@@ -185,6 +189,7 @@ class Scanner:
             aggregation=self.aggregation,
             model=self.info,
             faces=faces,
+            faces_dropped=faces_dropped,
             frames_sampled=len(video.frames),
             content_sha256=video.content_sha256,
             timings_ms=timings,
@@ -212,39 +217,44 @@ class Scanner:
 
     # -- convenience: the whole path in one process -------------------------------------
     def scan(self, requests: Sequence[ScanRequest], extra_roots: Sequence[str] = ()) -> list[Verdict]:
-        """Verdicts for `requests` in order: loads in a thread pool, analyses in batches."""
-        results: list[Verdict | None] = [None] * len(requests)
-        batch: list[tuple[int, DecodedVideo]] = []
+        """Verdicts for `requests` in their order (see `scan_iter` for answers as they come)."""
+        order = {r.request_id: i for i, r in enumerate(requests)}
+        return sorted(self.scan_iter(requests, extra_roots), key=lambda v: order[v.request_id])
+
+    def scan_iter(self, requests: Iterable[ScanRequest], extra_roots: Sequence[str] = ()) -> Iterator[Verdict]:
+        """Verdicts in the order they are ready: loads in a thread pool, analyses in batches.
+
+        A partial batch is analysed as soon as no other load has finished, so a slow video
+        never holds back the answers of fast ones, while loads that finish together still
+        share one model call."""
+        batch: list[DecodedVideo] = []
         batch_frames = 0
-
-        def flush() -> None:
-            nonlocal batch, batch_frames
-            for (i, _), verdict in zip(batch, self.analyze([v for _, v in batch])):
-                results[i] = verdict
-            batch, batch_frames = [], 0
-
         workers = max(1, self.settings.decode_threads)
+        todo = iter(requests)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # A bounded window of loads in flight keeps the next videos decoding while this
             # thread runs the models, without holding every decoded video in memory.
-            pending: deque = deque()
-            todo = iter(enumerate(requests))
-            for i, req in islice(todo, 2 * workers):
-                pending.append((i, pool.submit(self.load, req, extra_roots)))
-            while pending:
-                i, fut = pending.popleft()
-                loaded = fut.result()
-                for j, req in islice(todo, 1):
-                    pending.append((j, pool.submit(self.load, req, extra_roots)))
-                if isinstance(loaded, Verdict):
-                    results[i] = loaded
+            pending = {pool.submit(self.load, r, extra_roots) for r in islice(todo, 2 * workers)}
+            while pending or batch:
+                done = {f for f in pending if f.done()}
+                if not done and batch:
+                    yield from self.analyze(batch)
+                    batch, batch_frames = [], 0
                     continue
-                batch.append((i, loaded))
-                batch_frames += len(loaded.frames)
-                if batch_frames >= self.settings.max_batch_frames:
-                    flush()
-            flush()
-        return [r for r in results if r is not None]
+                if not done:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    pending.discard(fut)
+                    pending.update(pool.submit(self.load, r, extra_roots) for r in islice(todo, 1))
+                    loaded = fut.result()
+                    if isinstance(loaded, Verdict):
+                        yield loaded
+                        continue
+                    batch.append(loaded)
+                    batch_frames += len(loaded.frames)
+                    if batch_frames >= self.settings.max_batch_frames:
+                        yield from self.analyze(batch)
+                        batch, batch_frames = [], 0
 
 
 def _read_image(path: Path) -> tuple[list[Frame], VideoInfo]:
