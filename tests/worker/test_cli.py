@@ -105,3 +105,31 @@ def test_each_verdict_is_written_as_soon_as_it_is_ready(untrained_bundle, carpho
         release.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_goes_to_a_terminal_stderr_unless_quiet(untrained_bundle, carphone, quiet):
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
+    env["PYTHONPATH"] = str(REPO)
+    args = [sys.executable, "-m", "worker.cli", "scan", "--model-dir", str(untrained_bundle.path), str(carphone), str(carphone)]
+    proc = subprocess.Popen(args + (["--quiet"] if quiet else []), env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    out, _ = proc.communicate(timeout=300)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.returncode == 0 and len(out.splitlines()) == 2
+    if quiet:
+        assert b"videos/s" not in seen
+    else:
+        assert b"2/2 scanned" in seen and b"videos/s" in seen and b"ETA" in seen
