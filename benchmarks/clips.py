@@ -58,10 +58,11 @@ def benchmark_clips(n: int) -> list[Path]:
         for p in missing:
             variant = int(p.stem.rsplit("_", 1)[1])
             frames = (_canvas(loop[i % len(loop)], variant) for i in range(total))
-            tmp = p.with_suffix(".tmp.mp4")
+            # per-process staging name: benchmarks and tests may build the same clips at once
+            tmp = p.with_name(f"{p.stem}.{os.getpid()}.tmp.mp4")
             # gop 60 (2 s) is a common streaming keyframe interval
             encode_clip(tmp, frames, fps=FPS, gop=60)
-            tmp.rename(p)
+            os.replace(tmp, p)
     return paths
 
 
