@@ -82,6 +82,8 @@ def parse_request(value: bytes | None, max_bytes: int) -> ScanRequest | Rejected
 def _parse(value: bytes | None, max_bytes: int) -> ScanRequest:
     if value is None:
         raise _Refusal("malformed", "empty message (null value)")
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise _Refusal("malformed", f"expected bytes, got {type(value).__name__}")
     value = bytes(value)
     if len(value) > max_bytes:
         raise _Refusal("oversized", f"message is {len(value)} bytes, the limit is {max_bytes}")

@@ -193,3 +193,20 @@ def test_reasons_never_echo_hostile_values_unbounded():
     out = parse_request(_msg(request_id="\u2028" + "x" * 5000), 1 << 20)
     assert out.code == "invalid" and len(out.reason) < 200
     out.reason.encode("ascii")
+
+
+def test_uri_length_is_bounded():
+    assert parse_request(_msg(uri="/" + "v" * 8191), 1 << 20).uri == "/" + "v" * 8191
+    out = parse_request(_msg(uri="/" + "v" * 8192), 1 << 20)
+    assert out.code == "invalid" and "uri" in out.reason
+
+
+def test_a_failure_nobody_foresaw_is_still_an_answer(monkeypatch):
+    import worker.service.messages as messages
+
+    def broken(_doc):
+        raise KeyError("a bug in a check")
+
+    monkeypatch.setattr(messages, "_check_strings", broken)
+    assert parse_request(_msg(), LIMIT) == Rejected("malformed", "unreadable request (KeyError)")
+    assert parse_request(10**12, LIMIT) == Rejected("malformed", "expected bytes, got int")  # type: ignore[arg-type]
