@@ -218,7 +218,13 @@ def _shown(value: Any, limit: int = 40) -> str:
 
 
 def encode_request(request: ScanRequest) -> bytes:
-    return json.dumps(request.to_dict(), separators=(",", ":")).encode("utf-8")
+    """The request as a message body; ValueError if the worker would dead-letter it, so a
+    producer learns at submit time rather than from the dead-letter topic."""
+    body = json.dumps(request.to_dict(), separators=(",", ":")).encode("utf-8")
+    checked = parse_request(body, len(body))
+    if isinstance(checked, Rejected):
+        raise ValueError(f"the worker would refuse this request ({checked.code}): {checked.reason}")
+    return body
 
 
 def encode_verdict(verdict: Verdict) -> bytes:

@@ -210,3 +210,14 @@ def test_a_failure_nobody_foresaw_is_still_an_answer(monkeypatch):
     monkeypatch.setattr(messages, "_check_strings", broken)
     assert parse_request(_msg(), LIMIT) == Rejected("malformed", "unreadable request (KeyError)")
     assert parse_request(10**12, LIMIT) == Rejected("malformed", "expected bytes, got int")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [ScanRequest("has space", "/v.mp4"), ScanRequest("r", "/v.mp4", metadata={"x": float("nan")}),
+     ScanRequest("r", "/v.mp4", metadata={"k": "\ud800"}), ScanRequest("r", "/v.mp4", metadata={"n": 2**64})],
+    ids=["request_id", "nan", "surrogate", "big_int"],
+)
+def test_producers_cannot_encode_what_the_worker_would_refuse(request_):
+    with pytest.raises(ValueError, match="the worker would refuse this request"):
+        encode_request(request_)
