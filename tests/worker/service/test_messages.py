@@ -204,10 +204,10 @@ def test_uri_length_is_bounded():
 def test_a_failure_nobody_foresaw_is_still_an_answer(monkeypatch):
     import worker.service.messages as messages
 
-    def broken(_doc):
+    def broken(_literal):
         raise KeyError("a bug in a check")
 
-    monkeypatch.setattr(messages, "_check_strings", broken)
+    monkeypatch.setattr(messages, "_int", broken)
     assert parse_request(_msg(), LIMIT) == Rejected("malformed", "unreadable request (KeyError)")
     assert parse_request(10**12, LIMIT) == Rejected("malformed", "expected bytes, got int")  # type: ignore[arg-type]
 
