@@ -46,30 +46,41 @@ def test_redacted_masks_secret_fields_and_url_passwords():
     assert Settings().redacted()["redis_url"] == "redis://127.0.0.1:6379/0"  # nothing to mask: unchanged
 
 
+@pytest.fixture
+def restored_logging():
+    """Put logging back as it was: handlers bound to this test's captured stderr must not
+    outlive it (background kafka-python threads of other tests log through the root logger)."""
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    saved = root.handlers[:], root.level, kafka.level, structlog.get_config()
+    yield
+    handlers, level, kafka_level, config = saved
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    kafka.setLevel(kafka_level)
+    structlog.configure(**config)
+
+
 @pytest.mark.parametrize("fmt", ["json", "console"])
-def test_no_secret_in_any_log_line(fmt, capfd):
+def test_no_secret_in_any_log_line(fmt, capfd, restored_logging):
     settings = _settings()
     configure_logging("debug", fmt, settings.secret_values())
     log = structlog.get_logger("test")
+    log.info("settings", **settings.redacted())
+    log.info("settings_raw", settings=settings, url=settings.redis_url, nested={"a": [settings.kafka_sasl_password]})
+    log.warning(f"message text carries {REDIS_OVERRIDE} and {settings.redis_url}")
+    log.info("bound", **{"key": f"prefix-{SASL}-suffix"})
     try:
-        log.info("settings", **settings.redacted())
-        log.info("settings_raw", settings=settings, url=settings.redis_url, nested={"a": [settings.kafka_sasl_password]})
-        log.warning(f"message text carries {REDIS_OVERRIDE} and {settings.redis_url}")
-        log.info("bound", **{"key": f"prefix-{SASL}-suffix"})
-        try:
-            raise ConnectionError(f"AUTH failed for {settings.redis_url} with {SASL}")
-        except ConnectionError:
-            log.exception("redis_failed")
-        # third-party libraries log through the stdlib (kafka-python, redis-py)
-        logging.getLogger("kafka.conn").warning("SASL auth %s for %s failed", SASL, settings.kafka_bootstrap)
-        try:
-            raise RuntimeError(REDIS)
-        except RuntimeError:
-            logging.getLogger("redis").exception("connection to %s lost", settings.redis_url)
-        # any URL password, configured or not
-        log.info("fetching", uri="https://user:unconfigured-pw@cdn.example.com/v.mp4")
-    finally:
-        configure_logging()
+        raise ConnectionError(f"AUTH failed for {settings.redis_url} with {SASL}")
+    except ConnectionError:
+        log.exception("redis_failed")
+    # third-party libraries log through the stdlib (kafka-python, redis-py)
+    logging.getLogger("kafka.conn").warning("SASL auth %s for %s failed", SASL, settings.kafka_bootstrap)
+    try:
+        raise RuntimeError(REDIS)
+    except RuntimeError:
+        logging.getLogger("redis").exception("connection to %s lost", settings.redis_url)
+    # any URL password, configured or not
+    log.info("fetching", uri="https://user:unconfigured-pw@cdn.example.com/v.mp4")
     err = capfd.readouterr().err
     assert err.count("\n") >= 8, err  # every line above was written
     assert "AUTH failed" in err and "SASL auth" in err and "***" in err
