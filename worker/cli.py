@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threshold", None) is not None:
         overrides["threshold"] = args.threshold
     settings = settings.replace(**overrides)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
 
     if args.command == "settings":
         print(json.dumps(settings.redacted(), indent=2, default=list))

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
+from urllib.parse import unquote
 
 ENV_PREFIX = "DFD_"
+MASK = "***"
+# `scheme://user:password@host`: the user info runs to the last '@' before the path, so a
+# password holding an unencoded '@' or ':' is still masked whole.
+_URL_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s\"'<>]*)@")
 
 
 def _opt(default: Any, doc: str, secret: bool = False) -> Any:
@@ -128,11 +134,50 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict with secrets masked, for logs."""
-        return {
-            f.name: ("***" if f.metadata.get("secret") and getattr(self, f.name) else getattr(self, f.name))
-            for f in dataclasses.fields(self)
-        }
+        """Settings as a dict with secrets masked, for logs: secret fields, and passwords in URLs."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = MASK
+            elif isinstance(value, str):
+                value = mask_url_passwords(value)
+            elif isinstance(value, tuple):
+                value = tuple(mask_url_passwords(v) if isinstance(v, str) else v for v in value)
+            out[f.name] = value
+        return out
+
+    def secret_values(self) -> set[str]:
+        """Every configured secret as it could appear in text: secret fields and URL passwords
+        (as written and percent-decoded). The log scrubber (worker/logs.py) removes them all."""
+        found: set[str] = set()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and isinstance(value, str) and value:
+                found.add(value)
+            for text in value if isinstance(value, tuple) else (value,):
+                if isinstance(text, str):
+                    for password in _url_passwords(text):
+                        found.update((password, unquote(password)))
+        found.discard("")
+        return found
+
+
+def mask_url_passwords(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` in it replaced by ***."""
+
+    def mask(match: re.Match[str]) -> str:
+        user, colon, _password = match["userinfo"].partition(":")
+        return f"{match['head']}{user}{colon}{MASK if colon else ''}@"
+
+    return _URL_USERINFO.sub(mask, text)
+
+
+def _url_passwords(text: str) -> Iterator[str]:
+    for match in _URL_USERINFO.finditer(text):
+        _user, colon, password = match["userinfo"].partition(":")
+        if colon and password:
+            yield password
 
 
 def env_name(field_name: str) -> str:

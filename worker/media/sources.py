@@ -29,6 +29,10 @@ from worker.types import ScanError, ScanRequest
 _CHUNK = 1 << 20
 _REDIRECTS = {301, 302, 303, 307, 308}
 _USER_AGENT = "deepfake-stream/0.1"
+# NUL and other C0/DEL control characters have no business in a path or URI: refused up front
+# (os calls raise ValueError on NUL, http.client on any of them, as a crash, not an answer).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_IN_HTTP_URL = re.compile(r"[\x00-\x20\x7f]")  # http.client's own rule: spaces too
 
 
 class FetchedVideo:
@@ -65,7 +69,12 @@ def fetch(request: ScanRequest, settings: Settings, extra_roots: Sequence[str] =
     uri = request.uri.strip()
     if not uri:
         raise ScanError("source_refused", "the request names no video (empty URI)")
-    scheme = urlsplit(uri).scheme.lower()
+    if _CONTROL.search(uri):
+        raise ScanError("source_refused", "the URI holds control characters (NUL, newline, ...)")
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError as exc:  # e.g. an unclosed '[' in the host
+        raise ScanError("source_refused", f"malformed URI: {exc}") from exc
     if scheme in ("http", "https"):
         video = _fetch_http(uri, settings)
     elif scheme == "file":
@@ -95,14 +104,23 @@ def _file_uri_path(uri: str) -> str:
 def _fetch_local(raw_path: str, roots: Sequence[str]) -> FetchedVideo:
     if not roots:
         raise ScanError("source_refused", "local files are not allowed here (no allowed root folders configured)")
+    if _CONTROL.search(raw_path):  # also what a file:// URI's %00 decodes to
+        raise ScanError("source_refused", "the path holds control characters (NUL, newline, ...)")
     # Resolve symlinks and '..' first, so the check applies to the file actually opened.
-    path = Path(raw_path).expanduser().resolve()
+    try:
+        path = Path(raw_path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loop, name too long, ...
+        raise ScanError("source_refused", f"cannot resolve {raw_path}: {exc}") from exc
     resolved_roots = [Path(r).expanduser().resolve() for r in roots if r]
     if not any(path.is_relative_to(root) for root in resolved_roots):
         raise ScanError("source_refused", f"{raw_path} is outside the allowed folders")
-    if not path.exists():
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as exc:  # a name too long, a permission denied on the way
+        raise ScanError("source_refused", f"cannot look up {raw_path}: {exc.strerror}") from exc
+    if not exists:
         raise ScanError("source_not_found", f"no such file: {raw_path}")
-    if not path.is_file():
+    if not regular:
         raise ScanError("source_refused", f"{raw_path} is not a regular file")
     digest = hashlib.sha256()
     size = 0
@@ -123,14 +141,17 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
     url = uri
     deadline = time.monotonic() + settings.http_total_timeout_s
     for _hop in range(settings.http_max_redirects + 1):
-        parts = urlsplit(url)
+        # checked at every hop: a redirect's Location is as untrusted as the request
+        if _NOT_IN_HTTP_URL.search(url):
+            raise ScanError("source_refused", "the URL holds spaces or control characters (percent-encode them)")
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError as exc:  # a port that is not a number, an unclosed '['
+            raise ScanError("source_refused", f"malformed URL {_shown(url)!r}: {exc}") from exc
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise ScanError("source_refused", f"redirected to an unsupported scheme {scheme!r}")
-        try:
-            host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
-        except ValueError as exc:  # a port that is not a number
-            raise ScanError("source_refused", f"malformed URL {_shown(url)!r}: {exc}") from exc
         if not host:
             raise ScanError("source_refused", f"URL has no host: {_shown(url)!r}")
         addresses = _vetted_addresses(host, port, settings.http_allow_private)
@@ -142,6 +163,8 @@ def _fetch_http(uri: str, settings: Settings) -> FetchedVideo:
                 resp = conn.getresponse()
             except (TimeoutError, socket.timeout) as exc:
                 raise ScanError("http_timeout", f"{host}:{port} did not answer in time", transient=True) from exc
+            except UnicodeError as exc:  # http.client writes the request line in ASCII
+                raise ScanError("source_refused", f"URL {_shown(url)!r} is not ASCII (percent-encode it)") from exc
             except ssl.SSLCertVerificationError as exc:
                 raise ScanError("http_error", f"TLS certificate of {host} not trusted: {exc.verify_message}") from exc
             except (OSError, http.client.HTTPException) as exc:
@@ -172,6 +195,8 @@ def _vetted_addresses(host: str, port: int, allow_private: bool) -> list[str]:
     except socket.gaierror as exc:
         transient = exc.errno == socket.EAI_AGAIN
         raise ScanError("http_error", f"cannot resolve host {host!r}: {exc.strerror}", transient=transient) from exc
+    except (UnicodeError, ValueError) as exc:  # not a valid host name (IDNA), NUL
+        raise ScanError("source_refused", f"host {host[:80]!r} is not a valid host name: {exc}") from exc
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise ScanError("http_error", f"host {host!r} has no address")
@@ -183,10 +208,35 @@ def _vetted_addresses(host: str, port: int, allow_private: bool) -> list[str]:
     return addresses
 
 
+# IPv6 forms that carry an IPv4 address: the IPv4 one decides where the packets end up.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: IPv4 in the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: site-defined, never public
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d (RFC 4291)
+
+
 def _is_public(address: str) -> bool:
+    """True for a globally routable unicast address, judging IPv4 embedded in IPv6 as itself.
+
+    IPv4-mapped (::ffff:a.b.c.d) and NAT64 (64:ff9b::a.b.c.d) addresses are judged by the
+    IPv4 address they carry; 6to4 (2002::/16) and Teredo (2001::/32) ones are refused when
+    the IPv4 addresses they embed are not public; the local-use NAT64 prefix and the
+    deprecated IPv4-compatible form are always refused.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return _is_public_ip(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return _is_public_ip(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip in _NAT64_LOCAL or ip in _IPV4_COMPATIBLE:
+            return False
+        embedded = [ip.sixtofour] if ip.sixtofour is not None else list(ip.teredo or ())
+        if not all(_is_public_ip(v4) for v4 in embedded):
+            return False
+    return _is_public_ip(ip)
+
+
+def _is_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
@@ -282,7 +332,10 @@ def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int, deadline
 
 def _shown(url: str) -> str:
     """`url` as errors may show it: no user info or query (signed URLs carry secrets there)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<malformed URL>"
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"

@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.model_dir:
         settings = settings.replace(model_dir=args.model_dir)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     return run(settings)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.media.sources import FetchedVideo, fetch
+from worker.media.sources import FetchedVideo, _is_public, fetch
 from worker.settings import Settings
 from worker.types import ScanError, ScanRequest
 
@@ -179,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._redirect("/loop.mp4")
         elif path == "/to-ftp.mp4":
             self._redirect("ftp://example.com/video.mp4")
+        elif path == "/to-space.mp4":
+            self._redirect("/video.mp4 HTTP/1.1\r\nX-Injected: 1")
         else:
             self._send(400, b"?")
 
@@ -397,3 +399,76 @@ def test_https_verifies_the_host_name_on_the_pinned_address(tls_server, tls_file
 def test_https_untrusted_certificate_is_refused(tls_server):
     err = _refused(_req(f"https://localhost:{tls_server}/video.mp4"), OPEN, "http_error")
     assert "certificate" in err.reason and not err.transient
+
+
+# --- hostile paths and URIs: a refusal, never a crash ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["{root}/clip\x00.mp4", "{root}/clip.mp4\x00/../x", "file://{root}/clip%00.mp4", "file://{root}/a%0a.mp4",
+     "{root}/a\x1b[31m.mp4", "{root}/a\x7f.mp4", "\x00", "http://exa\x00mple.com/v.mp4", "https://example.com/\x00"],
+)
+def test_control_characters_in_paths_and_uris_are_refused(tree, uri):
+    err = _refused(_req(uri.format(root=tree["root"])), Settings(allowed_roots=(str(tree["root"]),)), "source_refused")
+    assert "control characters" in err.reason
+
+
+def test_paths_the_os_cannot_resolve_are_refused(tree):
+    settings = Settings(allowed_roots=(str(tree["root"]),))
+    (tree["root"] / "loop1").symlink_to(tree["root"] / "loop2")
+    (tree["root"] / "loop2").symlink_to(tree["root"] / "loop1")
+    _refused(_req(str(tree["root"] / "loop1")), settings, "source_refused")
+    _refused(_req(str(tree["root"] / ("a" * 5000))), settings, "source_refused")  # name too long
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["http://[::1/v.mp4", "http://a..b/v.mp4", f"http://{'a' * 300}.com/v.mp4", "http://./v.mp4",
+     "http://\udcff/v.mp4", "http://example.com/a b.mp4"],
+)
+def test_malformed_http_urls_are_refused(uri):
+    _refused(_req(uri), Settings(http_connect_timeout_s=0.5), "source_refused")
+
+
+def test_http_redirect_with_spaces_and_non_ascii_paths_are_refused(server):
+    err = _refused(_req(f"{server}/to-space.mp4"), OPEN, "source_refused")
+    assert "spaces or control characters" in err.reason
+    err = _refused(_req(f"{server}/vid\u00e9o.mp4"), OPEN, "source_refused")
+    assert "not ASCII" in err.reason
+
+
+# IPv6 forms that embed an IPv4 address: judged by the IPv4 address inside.
+EMBEDDING_PRIVATE = {
+    "6to4 of 127.0.0.1": "2002:7f00:1::1",
+    "6to4 of 10.0.0.1": "2002:a00:1::",
+    "6to4 of 169.254.169.254": "2002:a9fe:a9fe::1",
+    "6to4 of 192.168.1.1": "2002:c0a8:101::1",
+    "Teredo, client 10.0.0.1": "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+    "Teredo, server 127.0.0.1": "2001:0:7f00:1:8000:63bf:f7f7:f7f7",
+    "NAT64 of 127.0.0.1": "64:ff9b::7f00:1",
+    "NAT64 of 169.254.169.254": "64:ff9b::a9fe:a9fe",
+    "NAT64 of 192.168.0.1": "64:ff9b::c0a8:1",
+    "local-use NAT64 of 10.0.0.1": "64:ff9b:1::a00:1",
+    "local-use NAT64 of 8.8.8.8": "64:ff9b:1:808:8:800::",
+    "IPv4-mapped 10.0.0.1": "::ffff:a00:1",
+    "IPv4-mapped 169.254.169.254": "::ffff:169.254.169.254",
+    "IPv4-compatible 127.0.0.1": "::127.0.0.1",
+    "IPv4-compatible 8.8.8.8": "::8.8.8.8",
+}
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PRIVATE.values(), ids=EMBEDDING_PRIVATE.keys())
+def test_private_ipv4_inside_ipv6_is_refused_without_connecting(address):
+    assert not _is_public(address)
+    err = _refused(_req(f"http://[{address}]:9/video.mp4"), Settings(http_connect_timeout_s=0.5), "source_refused")
+    assert "private, loopback or reserved" in err.reason
+
+
+@pytest.mark.parametrize(
+    "address", ["2002:808:808::1", "64:ff9b::808:808", "::ffff:8.8.8.8", "2606:4700:4700::1111", "8.8.8.8"],
+    ids=["6to4 of 8.8.8.8", "NAT64 of 8.8.8.8", "IPv4-mapped 8.8.8.8", "plain IPv6", "plain IPv4"],
+)
+def test_public_ipv4_inside_ipv6_stays_allowed(address):
+    # the guard must not refuse everything: an IPv6-only network reaches public hosts via NAT64
+    assert _is_public(address)
