@@ -59,3 +59,64 @@ def frame_scores(frame_ids: np.ndarray | list[int], face_scores: np.ndarray | li
     out = np.full(uniq.size, -np.inf)
     np.maximum.at(out, inverse, scores)
     return uniq, out
+
+
+# Early decision: every value an unclassified frame could take that can make the video score
+# extreme. Mean, max and topk_mean only grow with each frame score, so 0 and 1 bound them.
+# confident_mean is not monotone (one more confident fake can lower the mean of the
+# confident fakes), but within each of its three bands (< 0.2, 0.2..0.8, > 0.8) the score
+# moves linearly with a frame's score, so the extremes lie at the bands' ends.
+_BAND_ENDS = {
+    "mean": (0.0, 1.0),
+    "max": (0.0, 1.0),
+    "topk_mean": (0.0, 1.0),
+    "confident_mean": (0.0, CONFIDENT_REAL - 1e-9, CONFIDENT_REAL, CONFIDENT_FAKE, CONFIDENT_FAKE + 1e-9, 1.0),
+}
+# confident_mean's bound enumerates how many unknown frames sit at each band end: C(m + 5, 5)
+# cases, 252 for 5 unknown frames; beyond this many unknown frames it does not decide early.
+EARLY_MAX_UNKNOWN = 6
+
+
+def score_bounds(known: np.ndarray | list[float], unknown: int, strategy: str) -> tuple[float, float] | None:
+    """The lowest and highest video score that `unknown` more frame scores (each in [0, 1])
+    could give, with `known` frame scores already in hand; None when not computed."""
+    known = np.asarray(known, dtype=np.float64).ravel()
+    if unknown == 0:
+        score = aggregate(known, strategy)
+        return score, score
+    ends = _BAND_ENDS.get(strategy)
+    if ends is None or unknown < 0:
+        return None
+    if len(ends) == 2:
+        low = aggregate(np.concatenate([known, np.zeros(unknown)]), strategy)
+        high = aggregate(np.concatenate([known, np.ones(unknown)]), strategy)
+        return low, high
+    if unknown > EARLY_MAX_UNKNOWN:
+        return None
+    values = [aggregate(np.concatenate([known, np.repeat(ends, counts)]), strategy) for counts in _compositions(unknown, len(ends))]
+    return min(values), max(values)
+
+
+def early_label(known: np.ndarray | list[float], unknown: int, strategy: str, threshold: float) -> tuple[bool, float] | None:
+    """(is_fake, bound) when the verdict no longer depends on the `unknown` frames left: fake
+    with the lowest score they could give (>= threshold), or real with the highest (< threshold).
+    None while either label is still possible. Exact: never a label full scoring would not give."""
+    bounds = score_bounds(known, unknown, strategy)
+    if bounds is None:
+        return None
+    low, high = bounds
+    if low >= threshold:
+        return True, low
+    if high < threshold:
+        return False, high
+    return None
+
+
+def _compositions(total: int, parts: int):
+    """Every way to put `total` identical items into `parts` ordered bins, as count tuples."""
+    if parts == 1:
+        yield (total,)
+        return
+    for first in range(total + 1):
+        for rest in _compositions(total - first, parts - 1):
+            yield (first, *rest)
