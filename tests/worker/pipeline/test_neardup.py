@@ -1,0 +1,227 @@
+"""Near-duplicate reuse: PDQ hashing, the match rule, banks, and the Redis index behind the Scanner.
+
+The index tests talk to the session's private Redis (fixture `stack`), each under its own key
+prefix. A "known fake" is made honestly without a trained model: the index is seeded with a
+verdict labelled fake for that video's hashes, which is what the index stores of a model's word.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import redis
+
+from worker.localstack import free_port
+from worker.media import variants
+from worker.media.decode import decode_frames
+from worker.models.retinaface import FaceDetector
+from worker.pipeline import neardup
+from worker.pipeline.neardup import Bank, NearDuplicates, hamming, parse_banks, parse_hex, required_frames, video_match
+from worker.pipeline.scanner import Scanner
+from worker.settings import Settings
+from worker.types import LABEL_FAKE, ScanRequest, Verdict
+
+pytestmark = pytest.mark.skipif(not neardup.available(), reason="pdqhash is not installed (extra `neardup`)")
+
+
+# -- pure logic -------------------------------------------------------------------------------
+def test_hamming_counts_differing_bits():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (5, 32), dtype=np.uint8)
+    b = rng.integers(0, 256, (7, 32), dtype=np.uint8)
+    naive = np.array([[sum(bin(x ^ y).count("1") for x, y in zip(ra, rb)) for rb in b] for ra in a])
+    assert (hamming(a, b) == naive).all()
+
+
+def test_the_video_rule_needs_enough_matching_frames():
+    assert required_frames(10, 3, 0.5) == 5
+    assert required_frames(4, 3, 0.5) == 3
+    assert required_frames(2, 3, 0.5) == 2  # a short video: all of its frames
+    assert required_frames(1, 3, 0.5) == 1  # a still image
+    rng = np.random.default_rng(1)
+    cand = rng.integers(0, 256, (10, 32), dtype=np.uint8)
+    query = rng.integers(0, 256, (10, 32), dtype=np.uint8)
+    query[:5] = cand[:5]
+    query[0, 0] ^= 0b111  # 3 bits off
+    distances, matched = video_match(query, cand, 31, 3, 0.5)
+    assert matched == 5 and distances[0] == 3 and distances[1] == 0 and min(distances[5:]) > 31
+    query[4] = rng.integers(0, 256, 32, dtype=np.uint8)  # 4 of 10 left: below half
+    assert video_match(query, cand, 31, 3, 0.5) is None
+
+
+def test_bank_files_and_entries(tmp_path):
+    good = tmp_path / "known.txt"
+    h = "f" * 64
+    good.write_text(f"# a bank\n{h}\n\n{'0' * 64},87  # with a quality\n")
+    bank = Bank.load("known", good)
+    assert bank.hashes.shape == (2, 32) and bank.hashes[0].tobytes() == bytes.fromhex(h)
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{h}\nnot-a-hash\n")
+    with pytest.raises(ValueError, match="line 2"):
+        Bank.load("bad", bad)
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        parse_banks([str(good)])
+    with pytest.raises(ValueError):
+        parse_hex("ab" * 31)
+
+
+# -- footage ------------------------------------------------------------------------------------
+def _frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def footage(carphone, clips_dir) -> dict[str, Path]:
+    """The carphone talking head as an original, its re-uploads and a mouth-edited copy."""
+    frames = _frames(carphone)
+    out = clips_dir / "neardup"
+    out.mkdir(exist_ok=True)
+    clips = {
+        "original": variants.reencode(out / "original.mp4", frames, fps=30, crf=18),
+        "crf35": variants.reencode(out / "crf35.mp4", frames, fps=30, crf=35),
+        "half": variants.reencode(out / "half.mp4", variants.scaled(frames, 0.5), fps=30, crf=23),
+        "logo": variants.reencode(out / "logo.mp4", variants.with_logo(frames), fps=30, crf=23),
+    }
+    # the mouth of each frame replaced by the mouth of a frame 15 frames away
+    detector = FaceDetector(Settings())
+    boxes = []
+    for dets in detector.detect(frames):
+        if not dets:
+            boxes.append(None)
+            continue
+        lm = dets[0].landmarks
+        (lx, ly), (rx, ry) = lm[3], lm[4]
+        w = rx - lx
+        boxes.append((int(lx - 0.3 * w), int(min(ly, ry) - 0.5 * w), int(rx + 0.3 * w), int(max(ly, ry) + 0.6 * w)))
+    assert sum(b is not None for b in boxes) > 0.9 * len(frames)
+    edited = variants.region_swapped(frames, boxes, shift=15)
+    changed = np.mean([np.any(a != b) for a, b in zip(frames, edited)])
+    assert changed > 0.9
+    clips["mouth"] = variants.reencode(out / "mouth.mp4", edited, fps=30, crf=18)
+    return clips
+
+
+def _settings(bundle, redis_url: str, **kw) -> Settings:
+    return Settings(
+        model_dir=str(bundle.path), redis_url=redis_url, redis_key_prefix=f"nd{uuid.uuid4().hex[:8]}",
+        neardup_enabled=True, **kw,
+    )
+
+
+def _scan(scanner: Scanner, path: Path, request_id: str) -> Verdict:
+    (v,) = scanner.scan([ScanRequest(request_id, str(path))], extra_roots=[str(path.parent)])
+    return v
+
+
+def _seed_fake(scanner: Scanner, path: Path, request_id: str) -> None:
+    """Index `path` as if this model had judged it fake: its sampled frames' hashes, labelled fake."""
+    frames, _ = decode_frames(path, scanner.settings)
+    nd = scanner.near_duplicates
+    verdict = Verdict(request_id=request_id, uri=str(path), label=LABEL_FAKE, score=0.97, model=scanner.info)
+    nd.record(verdict, nd.hash(frames), frames)
+
+
+def _was_scanned(v: Verdict) -> bool:
+    return "detect" in v.timings_ms and "classify" in v.timings_ms and len(v.faces) > 0
+
+
+# -- the index behind the Scanner ---------------------------------------------------------
+@pytest.fixture
+def index_scanner(untrained_bundle, stack):
+    # a fresh index (key prefix) per test; threshold 1.0: every scanned video is judged real, so fakes come only from the seeding
+    return Scanner(_settings(untrained_bundle, stack.redis_url, threshold=1.0))
+
+
+def test_re_uploads_of_a_known_fake_are_answered_fake_from_the_index(index_scanner, footage, bikes):
+    _seed_fake(index_scanner, footage["original"], "known-fake")
+    for name in ("crf35", "half", "logo"):
+        v = _scan(index_scanner, footage[name], f"reupload-{name}")
+        assert v.label == "fake", (name, v.reason, v.near_duplicate)
+        nd = v.near_duplicate
+        assert nd["source"] == "index" and nd["request_id"] == "known-fake" and nd["reused"] is True
+        assert nd["label"] == "fake" and len(nd["distances"]) == 10 and nd["matched_frames"] >= 5
+        assert min(nd["distances"]) <= index_scanner.settings.neardup_max_distance
+        assert v.score == pytest.approx(0.97) and "near-duplicate of request known-fake" in v.reason
+        # answered without detection or classification
+        assert v.faces == [] and "detect" not in v.timings_ms and "neardup" in v.timings_ms
+        assert v.to_dict()["near_duplicate"] == nd
+    other = _scan(index_scanner, bikes, "other-video")
+    assert other.near_duplicate is None and "detect" in other.timings_ms
+
+
+def test_mouth_edited_copy_of_a_real_video_is_scanned_not_answered(index_scanner, footage):
+    original = _scan(index_scanner, footage["original"], "real-original")
+    assert original.label == "real" and _was_scanned(original)
+    edited = _scan(index_scanner, footage["mouth"], "lip-synced")
+    # found as a near-duplicate of the real original ...
+    nd = edited.near_duplicate
+    assert nd is not None and nd["request_id"] == "real-original" and nd["label"] == "real"
+    # ... and still scanned: the real verdict never answers for it
+    assert nd["reused"] is False and _was_scanned(edited)
+    assert edited.reason is None or "near-duplicate" not in edited.reason
+
+
+def test_answers_from_the_index_are_not_indexed_again(index_scanner, footage):
+    _seed_fake(index_scanner, footage["original"], "fake-twice")
+    nd = index_scanner.near_duplicates
+    seq = f"{nd.index.ns}:seq"
+    before = int(nd.index.client.get(seq))
+    v = _scan(index_scanner, footage["crf35"], "reuse-no-write")
+    assert v.near_duplicate["reused"] is True
+    assert int(nd.index.client.get(seq)) == before
+
+
+def test_a_model_never_reuses_another_models_verdicts(untrained_bundle, stack, footage):
+    settings = _settings(untrained_bundle, stack.redis_url, threshold=1.0)
+    first = Scanner(settings)
+    _seed_fake(first, footage["original"], "other-model-fake")
+    client = redis.Redis.from_url(stack.redis_url)
+    other = NearDuplicates.from_settings(settings, "0" * 64, client)
+    frames, _ = decode_frames(footage["crf35"], settings)
+    assert other.lookup(other.hash(frames)) is None
+    assert first.near_duplicates.lookup(first.near_duplicates.hash(frames)).request_id == "other-model-fake"
+
+
+# -- banks and the off switch ---------------------------------------------------------------
+def test_a_bank_entry_flags_its_matches(untrained_bundle, stack, footage, bikes, tmp_path):
+    frames, _ = decode_frames(footage["original"], Settings())
+    bank = tmp_path / "known-fakes.txt"
+    bank.write_text("".join(neardup.hash_image(f.image)[0].hex() + "\n" for f in frames))
+    scanner = Scanner(_settings(untrained_bundle, stack.redis_url, neardup_index=False, neardup_banks=(f"viral={bank}",)))
+    assert scanner.near_duplicates.index is None
+    v = _scan(scanner, footage["crf35"], "bank-hit")
+    assert v.label == "fake" and v.faces == []
+    assert v.near_duplicate["source"] == "bank:viral" and v.near_duplicate["request_id"] is None
+    assert v.near_duplicate["reused"] is True and "bank:viral" in v.reason
+    miss = _scan(scanner, bikes, "bank-miss")
+    assert miss.near_duplicate is None and "detect" in miss.timings_ms
+
+
+def test_off_switch(untrained_bundle, stack, footage, tmp_path):
+    on = Scanner(_settings(untrained_bundle, stack.redis_url, threshold=1.0))
+    _seed_fake(on, footage["original"], "known-fake-off")
+    assert on.near_duplicates.lookup(on.near_duplicates.hash(decode_frames(footage["crf35"], on.settings)[0]))
+    off = Scanner(on.settings.replace(neardup_enabled=False))
+    assert off.near_duplicates is None
+    v = _scan(off, footage["crf35"], "off")
+    assert v.near_duplicate is None and _was_scanned(v)
+
+
+def test_without_redis_the_index_is_off_and_scans_go_on(untrained_bundle, footage, tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    scanner = Scanner(_settings(untrained_bundle, dead))
+    assert scanner.near_duplicates is not None and scanner.near_duplicates.index is None
+    v = _scan(scanner, footage["crf35"], "no-redis")
+    assert _was_scanned(v) and v.near_duplicate is None
+
+
+def test_a_bad_bank_refuses_to_start(untrained_bundle, stack, tmp_path):
+    bank = tmp_path / "broken.txt"
+    bank.write_text("zz\n")
+    with pytest.raises(ValueError, match="line 1"):
+        Scanner(_settings(untrained_bundle, stack.redis_url, neardup_banks=(f"broken={bank}",)))
