@@ -161,6 +161,14 @@ def hash_faces(frames: Sequence[Frame], faces: Sequence[FaceResult]) -> list[Pdq
     return out
 
 
+def indexed_hashes(hashes: VideoHashes, frames: Sequence[Frame], min_quality: int) -> list[bytes]:
+    """What the index stores of a video: its usable frames' hashes, then those frames' centre crops'."""
+    usable = hashes.usable(min_quality)
+    keep = {h.frame_index for h in usable}
+    crops = [hash_image(centre_crop(f.image, INDEX_CROP))[0] for f in frames if f.index in keep]
+    return [h.bits for h in usable] + crops
+
+
 def parse_hex(text: str) -> bytes:
     """A PDQ hash written as 64 hex digits; ValueError for anything else."""
     text = text.strip()
@@ -408,8 +416,6 @@ class NearDuplicates:
         if not usable or self._in_outage():
             return
         hashes.faces = hash_faces(frames, verdict.faces)
-        keep = {h.frame_index for h in usable}
-        crops = [hash_image(centre_crop(f.image, INDEX_CROP))[0] for f in frames if f.index in keep]
         summary = {
             "request_id": verdict.request_id,
             "label": verdict.label,
@@ -420,7 +426,7 @@ class NearDuplicates:
             "faces": [[h.frame_index, h.hex, h.quality] for h in hashes.faces],
         }
         try:
-            self.index.add(verdict.request_id, summary, [h.bits for h in usable] + crops)
+            self.index.add(verdict.request_id, summary, indexed_hashes(hashes, frames, self.min_quality))
         except redis.RedisError as exc:
             self._outage()
             log.warning("neardup_record_failed", request_id=verdict.request_id, error=str(exc))

@@ -225,3 +225,75 @@ def test_a_bad_bank_refuses_to_start(untrained_bundle, stack, tmp_path):
     bank.write_text("zz\n")
     with pytest.raises(ValueError, match="line 1"):
         Scanner(_settings(untrained_bundle, stack.redis_url, neardup_banks=(f"broken={bank}",)))
+
+
+# -- the index on its own ---------------------------------------------------------------------
+def _index_near(stack, **kw) -> NearDuplicates:
+    settings = Settings(redis_url=stack.redis_url, redis_key_prefix=f"nd{uuid.uuid4().hex[:8]}", neardup_enabled=True, **kw)
+    return NearDuplicates.from_settings(settings, "a" * 64, redis.Redis.from_url(stack.redis_url))
+
+
+def _random_video(rng, n=10, quality=100) -> neardup.VideoHashes:
+    return neardup.VideoHashes([neardup.PdqHash(rng.integers(0, 256, 32, dtype=np.uint8).tobytes(), quality, k) for k in range(n)])
+
+
+def _flip(bits: bytes, positions) -> bytes:
+    arr = np.frombuffer(bits, np.uint8).copy()
+    for p in positions:
+        arr[p // 8] ^= 1 << (p % 8)
+    return arr.tobytes()
+
+
+def test_every_hash_within_15_bits_is_a_candidate(stack):
+    near = _index_near(stack)
+    rng = np.random.default_rng(3)
+    stored = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes() for _ in range(50)]
+    near.index.add("r", {"request_id": "r", "label": "real"}, stored)
+    for bits in stored:
+        # 15 bits flipped in 15 different chunks: one chunk is left intact (pigeonhole)
+        chunks = rng.choice(16, 15, replace=False)
+        query = _flip(bits, [16 * c + int(rng.integers(16)) for c in chunks])
+        ids, hashes = near.index.candidates([query])
+        assert bits in {h.tobytes() for h in hashes}
+        assert hamming(neardup.as_matrix([query]), neardup.as_matrix([bits]))[0, 0] == 15
+
+
+def test_redelivered_requests_are_indexed_once_and_expired_entries_do_not_match(stack):
+    near = _index_near(stack)
+    rng = np.random.default_rng(4)
+    video = _random_video(rng)
+    bits = [h.bits for h in video.frames]
+    assert near.index.add("req-1", {"request_id": "req-1", "label": "fake"}, bits)
+    assert not near.index.add("req-1", {"request_id": "req-1", "label": "fake"}, bits)
+    match = near.lookup(video)
+    assert match.request_id == "req-1" and match.flags and match.distances == [0] * 10
+    for key in near.index.client.scan_iter(f"{near.index.ns}:v:*"):
+        near.index.client.delete(key)  # as the TTL would
+    assert near.lookup(video) is None
+
+
+def test_flat_frames_are_neither_looked_up_nor_indexed(stack):
+    near = _index_near(stack)
+    flat = _random_video(np.random.default_rng(5), quality=10)
+    verdict = Verdict(request_id="flat", uri="x", label=LABEL_FAKE, score=0.9)
+    near.record(verdict, flat, [])
+    assert near.index.client.get(f"{near.index.ns}:seq") is None
+    assert near.lookup(flat) is None
+
+
+def test_redis_failing_later_never_stops_a_scan(tmp_path):
+    from worker.localstack import start_redis, stop_process
+
+    port = free_port()
+    proc = start_redis(port, tmp_path / "redis.log")
+    try:
+        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", neardup_enabled=True)
+        near = NearDuplicates.from_settings(settings, "c" * 64)
+        video = _random_video(np.random.default_rng(6))
+        near.record(Verdict(request_id="a", uri="x", label=LABEL_FAKE, score=0.9), video, [])
+        assert near.lookup(video).request_id == "a"
+    finally:
+        stop_process(proc.pid)
+    assert near.lookup(video) is None  # failed: the video is scanned
+    near.record(Verdict(request_id="b", uri="x", label=LABEL_FAKE, score=0.9), video, [])  # skipped, no raise
+    assert near.lookup(video) is None  # within the backoff
