@@ -7,6 +7,7 @@ verdict labelled fake for that video's hashes, which is what the index stores of
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def footage(carphone, clips_dir) -> dict[str, Path]:
         "crf35": variants.reencode(out / "crf35.mp4", frames, fps=30, crf=35),
         "half": variants.reencode(out / "half.mp4", variants.scaled(frames, 0.5), fps=30, crf=23),
         "logo": variants.reencode(out / "logo.mp4", variants.with_logo(frames), fps=30, crf=23),
+        "crop5": variants.reencode(out / "crop5.mp4", variants.cropped(frames, 0.05), fps=30, crf=23),
     }
     # the mouth of each frame replaced by the mouth of a frame 15 frames away
     detector = FaceDetector(Settings())
@@ -139,7 +141,7 @@ def index_scanner(untrained_bundle, stack):
 
 def test_re_uploads_of_a_known_fake_are_answered_fake_from_the_index(index_scanner, footage, bikes):
     _seed_fake(index_scanner, footage["original"], "known-fake")
-    for name in ("crf35", "half", "logo"):
+    for name in ("crf35", "half", "logo", "crop5"):
         v = _scan(index_scanner, footage[name], f"reupload-{name}")
         assert v.label == "fake", (name, v.reason, v.near_duplicate)
         nd = v.near_duplicate
@@ -164,6 +166,11 @@ def test_mouth_edited_copy_of_a_real_video_is_scanned_not_answered(index_scanner
     # ... and still scanned: the real verdict never answers for it
     assert nd["reused"] is False and _was_scanned(edited)
     assert edited.reason is None or "near-duplicate" not in edited.reason
+    # the indexed entries keep the face hashes
+    index = index_scanner.near_duplicates.index
+    entries = [json.loads(index.client.get(k)) for k in index.client.scan_iter(f"{index.ns}:v:*")]
+    assert {e["request_id"] for e in entries} == {"real-original", "lip-synced"}
+    assert all(len(e["faces"]) >= 5 and len(e["faces"][0][1]) == 64 for e in entries)
 
 
 def test_answers_from_the_index_are_not_indexed_again(index_scanner, footage):
@@ -212,12 +219,16 @@ def test_off_switch(untrained_bundle, stack, footage, tmp_path):
     assert v.near_duplicate is None and _was_scanned(v)
 
 
-def test_without_redis_the_index_is_off_and_scans_go_on(untrained_bundle, footage, tmp_path):
+def test_without_redis_the_index_is_off_and_banks_still_work(untrained_bundle, footage, bikes, tmp_path):
+    frames, _ = decode_frames(footage["original"], Settings())
+    bank = tmp_path / "bank.txt"
+    bank.write_text("".join(neardup.hash_image(f.image)[0].hex() + "\n" for f in frames))
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    scanner = Scanner(_settings(untrained_bundle, dead))
+    scanner = Scanner(_settings(untrained_bundle, dead, neardup_banks=(f"b={bank}",)))
     assert scanner.near_duplicates is not None and scanner.near_duplicates.index is None
-    v = _scan(scanner, footage["crf35"], "no-redis")
+    v = _scan(scanner, bikes, "no-redis")
     assert _was_scanned(v) and v.near_duplicate is None
+    assert _scan(scanner, footage["crf35"], "no-redis-bank").near_duplicate["source"] == "bank:b"
 
 
 def test_a_bad_bank_refuses_to_start(untrained_bundle, stack, tmp_path):
@@ -265,6 +276,7 @@ def test_redelivered_requests_are_indexed_once_and_expired_entries_do_not_match(
     bits = [h.bits for h in video.frames]
     assert near.index.add("req-1", {"request_id": "req-1", "label": "fake"}, bits)
     assert not near.index.add("req-1", {"request_id": "req-1", "label": "fake"}, bits)
+    assert 0 < near.index.client.ttl(f"{near.index.ns}:v:1") <= Settings().redis_ttl_s
     match = near.lookup(video)
     assert match.request_id == "req-1" and match.flags and match.distances == [0] * 10
     for key in near.index.client.scan_iter(f"{near.index.ns}:v:*"):
@@ -279,6 +291,24 @@ def test_flat_frames_are_neither_looked_up_nor_indexed(stack):
     near.record(verdict, flat, [])
     assert near.index.client.get(f"{near.index.ns}:seq") is None
     assert near.lookup(flat) is None
+
+
+def test_only_fresh_fake_and_real_verdicts_are_indexed(stack):
+    near = _index_near(stack)
+    rng = np.random.default_rng(7)
+    for label, extra in (("no_face", {}), ("error", {}), ("fake", {"cached": True})):
+        near.record(Verdict(request_id=label, uri="x", label=label, **extra), _random_video(rng), [])
+    assert near.index.client.get(f"{near.index.ns}:seq") is None
+
+
+def test_a_fake_match_wins_over_a_real_one(stack):
+    near = _index_near(stack)
+    video = _random_video(np.random.default_rng(8))
+    near.record(Verdict(request_id="was-real", uri="x", label="real", score=0.1), video, [])
+    assert near.lookup(video).label == "real"
+    near.record(Verdict(request_id="was-fake", uri="x", label="fake", score=0.9), video, [])
+    match = near.lookup(video)
+    assert match.request_id == "was-fake" and match.flags
 
 
 def test_redis_failing_later_never_stops_a_scan(tmp_path):
