@@ -15,10 +15,11 @@ max(1, min(neardup_min_frames, usable frames), ceil(neardup_min_fraction * usabl
 of the query's usable frames match (usable: PDQ quality >= neardup_min_quality).
 
 The Redis index is multi-index hashing: each 256-bit hash is cut into 16 chunks of 16 bits and
-its id is added to one set per (chunk position, chunk value). Two hashes within 15 bits share
-at least one chunk exactly (pigeonhole), so a lookup unions 16 sets per query hash, fetches
-those candidates' full hashes and keeps the ones within the distance; beyond 15 bits a match
-is found only if some chunk is untouched, which the benchmark measures (benchmarks/neardup.py).
+its id is added to one set per (chunk position, chunk value). Two hashes within 14 bits share
+at least two chunks exactly (pigeonhole), so a lookup reads the 16 sets of each query hash,
+keeps the ids found in two of them, fetches those candidates' full hashes and keeps the ones
+within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
+the benchmark measures (benchmarks/neardup.py).
 Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one model's index in
 one cluster slot, and one model's verdicts never answer for another model):
     {prefix}:nd:{model16}:seq            counter of indexed videos
@@ -62,6 +63,11 @@ INDEX_CROP = 0.05
 # A chunk value shared by more hash ids than this (flat, dark or title frames) is skipped at
 # lookup: it would turn one query into a scan of thousands of unrelated hashes.
 MAX_BUCKET = 4096
+# A candidate must share this many whole chunks with a query hash. Two hashes within 14 bits
+# share at least 2 of the 16 chunks (d flipped bits touch at most d chunks). With one shared
+# chunk (complete to 15 bits) 1,000,000 random hashes give ~2,400 chance candidates per
+# 10-frame lookup to fetch and verify (150+ ms here under load); with two, almost none.
+MIN_CHUNK_HITS = 2
 OUTAGE_BACKOFF_S = 2.0
 
 try:  # pdqhash builds from source (no wheel): optional, in the `neardup` extra
@@ -246,16 +252,22 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 
 
 # -- the Redis index ----------------------------------------------------------------------
-# Unions the chunk sets (skipping oversized ones) and returns the candidates' ids and hashes in
-# one round trip. KEYS[1] is the id -> hash table, the rest are chunk sets.
+# Keeps, for each query hash (16 consecutive chunk sets in KEYS), the ids found in at least
+# ARGV[2] of its sets (skipping oversized sets), and returns those candidates' ids and hashes
+# in one round trip. KEYS[1] is the id -> hash table.
 _CANDIDATES_LUA = """
-local cap = tonumber(ARGV[1])
+local cap, need = tonumber(ARGV[1]), tonumber(ARGV[2])
 local seen, ids = {}, {}
-for i = 2, #KEYS do
-  local n = redis.call('SCARD', KEYS[i])
-  if n > 0 and n <= cap then
-    for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
-      if not seen[id] then seen[id] = true; ids[#ids + 1] = id end
+for q = 2, #KEYS, 16 do
+  local hits = {}
+  for i = q, q + 15 do
+    local n = redis.call('SCARD', KEYS[i])
+    if n > 0 and n <= cap then
+      for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+        local h = (hits[id] or 0) + 1
+        hits[id] = h
+        if h == need and not seen[id] then seen[id] = true; ids[#ids + 1] = id end
+      end
     end
   end
 end
@@ -281,9 +293,9 @@ class HashIndex:
         return [f"{self.ns}:c:{i}:{bits[2 * i : 2 * i + 2].hex()}" for i in range(CHUNKS)]
 
     def candidates(self, hashes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """(hash ids, [K, 32] hashes) sharing at least one chunk with one of `hashes`."""
-        keys = [f"{self.ns}:h"] + sorted({k for h in hashes for k in self.chunk_keys(h)})
-        ids, raw = self._candidates(keys=keys, args=[MAX_BUCKET])
+        """(hash ids, [K, 32] hashes) sharing at least MIN_CHUNK_HITS chunks with one of `hashes`."""
+        keys = [f"{self.ns}:h"] + [k for h in hashes for k in self.chunk_keys(h)]
+        ids, raw = self._candidates(keys=keys, args=[MAX_BUCKET, MIN_CHUNK_HITS])
         keep = [(int(i), h) for i, h in zip(ids, raw) if h and len(h) == HASH_BYTES]
         return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep])
 
