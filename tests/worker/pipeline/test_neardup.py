@@ -327,3 +327,36 @@ def test_redis_failing_later_never_stops_a_scan(tmp_path):
     assert near.lookup(video) is None  # failed: the video is scanned
     near.record(Verdict(request_id="b", uri="x", label=LABEL_FAKE, score=0.9), video, [])  # skipped, no raise
     assert near.lookup(video) is None  # within the backoff
+
+
+# -- through the streaming worker ---------------------------------------------------------------
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_streaming_worker_answers_a_re_upload_of_a_known_fake(stack, untrained_bundle, footage, bikes, tmp_path):
+    from producer.client import ScanClient
+    from tests.fixtures.stack import read_topic, start_worker
+
+    settings = stack.settings(
+        model_dir=str(untrained_bundle.path),
+        allowed_roots=(str(footage["original"].parent), str(bikes.parent)),
+        neardup_enabled=True,
+    )
+    seeder = NearDuplicates.from_settings(settings, untrained_bundle.info.sha256, redis.Redis.from_url(settings.redis_url))
+    frames, _ = decode_frames(footage["original"], settings)
+    seeder.record(Verdict(request_id="known-fake", uri="x", label=LABEL_FAKE, score=0.97), seeder.hash(frames), frames)
+
+    client = ScanClient(settings)
+    client.submit([ScanRequest("reupload", str(footage["crf35"])), ScanRequest("other", str(bikes))])
+    client.close()
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        records = read_topic(settings.kafka_bootstrap, settings.results_topic, count=2, timeout_s=120)
+    finally:
+        worker.kill()
+        worker.wait()
+    verdicts = {r.key.decode(): r.json() for r in records}
+    assert set(verdicts) == {"reupload", "other"}, (tmp_path / "worker.log").read_text()[-2000:]
+    hit, other = verdicts["reupload"], verdicts["other"]
+    assert hit["label"] == "fake" and hit["faces"] == []
+    assert hit["near_duplicate"]["request_id"] == "known-fake" and hit["near_duplicate"]["reused"] is True
+    assert other["near_duplicate"] is None and "detect" in other["timings_ms"]
