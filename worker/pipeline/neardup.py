@@ -19,7 +19,8 @@ its id is added to one set per (chunk position, chunk value). Two hashes within 
 at least two chunks exactly (pigeonhole), so a lookup reads the 16 sets of each query hash,
 keeps the ids found in two of them, fetches those candidates' full hashes and keeps the ones
 within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
-the benchmark measures (benchmarks/neardup.py).
+the benchmark measures (benchmarks/neardup.py). Chunk values held by more than MAX_BUCKET
+hashes are skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
 Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one model's index in
 one cluster slot, and one model's verdicts never answer for another model):
     {prefix}:nd:{model16}:seq            counter of indexed videos
@@ -296,7 +297,8 @@ class HashIndex:
         """(hash ids, [K, 32] hashes) sharing at least MIN_CHUNK_HITS chunks with one of `hashes`."""
         keys = [f"{self.ns}:h"] + [k for h in hashes for k in self.chunk_keys(h)]
         ids, raw = self._candidates(keys=keys, args=[MAX_BUCKET, MIN_CHUNK_HITS])
-        keep = [(int(i), h) for i, h in zip(ids, raw) if h and len(h) == HASH_BYTES]
+        # anything else under our keys (a foreign value) is not a candidate
+        keep = [(int(i), h) for i, h in zip(ids, raw) if i.isdigit() and h and len(h) == HASH_BYTES]
         return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep])
 
     def summaries(self, videos: Sequence[int]) -> list[dict | None]:

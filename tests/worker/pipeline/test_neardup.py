@@ -360,3 +360,22 @@ def test_the_streaming_worker_answers_a_re_upload_of_a_known_fake(stack, untrain
     assert hit["label"] == "fake" and hit["faces"] == []
     assert hit["near_duplicate"]["request_id"] == "known-fake" and hit["near_duplicate"]["reused"] is True
     assert other["near_duplicate"] is None and "detect" in other["timings_ms"]
+
+
+def test_crowded_chunk_values_and_foreign_members_are_skipped(stack, monkeypatch):
+    near = _index_near(stack)
+    rng = np.random.default_rng(9)
+    query = rng.integers(0, 256, 32, dtype=np.uint8)
+    crowd = []
+    for _ in range(5):  # five hashes sharing only chunks 0 and 1 with the query
+        h = rng.integers(0, 256, 32, dtype=np.uint8)
+        h[:4] = query[:4]
+        crowd.append(h.tobytes())
+    near.index.add("crowd", {"request_id": "crowd", "label": "real"}, crowd)
+    for key in near.index.chunk_keys(query.tobytes())[:2]:
+        near.index.client.sadd(key, "not-an-id")
+    ids, _ = near.index.candidates([query.tobytes()])
+    assert len(ids) == 5
+    monkeypatch.setattr(neardup, "MAX_BUCKET", 4)
+    ids, _ = near.index.candidates([query.tobytes()])
+    assert len(ids) == 0
