@@ -452,3 +452,38 @@ class NearDuplicates:
     def _outage(self) -> None:
         with self._lock:
             self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
+
+
+# -- making banks -----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m worker.pipeline.neardup VIDEO...`: print the PDQ hashes of each video's sampled
+    frames as bank lines (`hex quality  # file`), the way the worker hashes them."""
+    import argparse
+    import sys
+
+    from worker.media.decode import decode_frames
+    from worker.types import ScanError
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("videos", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    if not available():
+        print("pdqhash is not installed: pip install '.[neardup]'", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    failed = 0
+    for path in args.videos:
+        try:
+            frames, _ = decode_frames(path, settings)
+        except ScanError as exc:
+            print(f"{path}: {exc.reason}", file=sys.stderr)
+            failed += 1
+            continue
+        for h in hash_frames(frames).frames:
+            if h.quality >= settings.neardup_min_quality:
+                print(f"{h.hex} {h.quality}  # {path.name} frame {h.frame_index}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

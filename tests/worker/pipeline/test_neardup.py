@@ -379,3 +379,22 @@ def test_crowded_chunk_values_and_foreign_members_are_skipped(stack, monkeypatch
     monkeypatch.setattr(neardup, "MAX_BUCKET", 4)
     ids, _ = near.index.candidates([query.tobytes()])
     assert len(ids) == 0
+
+
+def test_bank_lines_from_videos_flag_their_re_uploads(footage, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    out = subprocess.run(
+        [sys.executable, "-m", "worker.pipeline.neardup", str(footage["original"]), str(tmp_path / "missing.mp4")],
+        capture_output=True, text=True, cwd=repo, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 1 and "missing.mp4" in out.stderr
+    bank_file = tmp_path / "bank.txt"
+    bank_file.write_text(out.stdout)
+    bank = Bank.load("made", bank_file)
+    assert len(bank.hashes) == 10
+    frames, _ = decode_frames(footage["crf35"], Settings())
+    near = NearDuplicates(Settings(neardup_enabled=True), [bank], None)
+    assert near.lookup(near.hash(frames)).source == "bank:made"
