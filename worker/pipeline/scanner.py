@@ -26,6 +26,7 @@ from worker.models.classifier import FakeClassifier
 from worker.models.crops import crop_faces
 from worker.models.retinaface import FaceDetector
 from worker.pipeline.aggregate import STRATEGIES, aggregate, frame_scores
+from worker.pipeline.neardup import NearDuplicates
 from worker.settings import Settings
 from worker.types import (
     LABEL_FAKE,
@@ -66,6 +67,7 @@ class Scanner:
         if self.aggregation not in STRATEGIES:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(STRATEGIES)}")
         self.providers = {"detector": self.detector.providers, "classifier": self.classifier.providers}
+        self.near_duplicates = NearDuplicates.from_settings(settings, self.info.sha256)  # None: off
         log.info(
             "scanner_ready",
             model=self.info.name,
@@ -128,6 +130,8 @@ class Scanner:
         if not videos:
             return []
         try:
+            if self.near_duplicates is not None:
+                return self._analyze_near_duplicates(videos)
             return self._analyze(videos)
         except Exception as exc:
             log.exception("analyze_failed", videos=len(videos))
@@ -136,7 +140,52 @@ class Scanner:
         finally:
             release_free_memory()  # the batch's frames are gone: see worker/memory.py
 
+    def _analyze_near_duplicates(self, videos: list[DecodedVideo]) -> list[Verdict]:
+        """Near-duplicates of known fakes are answered at once; the rest are analysed, then indexed."""
+        nd = self.near_duplicates
+        hashes, matches = [], []
+        for video in videos:
+            t0 = time.perf_counter()
+            hashes.append(nd.hash(video.frames))
+            matches.append(nd.lookup(hashes[-1]))
+            video.timings_ms["neardup"] = _ms_since(t0)
+        fresh = iter(self._analyze([v for v, m in zip(videos, matches) if m is None or not m.flags]))
+        verdicts = []
+        for video, video_hashes, match in zip(videos, hashes, matches):
+            if match is not None and match.flags:
+                verdicts.append(self._near_duplicate_verdict(video, match))
+                continue
+            verdict = next(fresh)
+            if match is not None:  # a near-duplicate of a real video: scanned, the match recorded
+                verdict.near_duplicate = match.to_dict(reused=False)
+            t0 = time.perf_counter()
+            nd.record(verdict, video_hashes, video.frames)
+            verdict.timings_ms["neardup_record"] = _ms_since(t0)
+            verdicts.append(verdict)
+        return verdicts
+
+    def _near_duplicate_verdict(self, video: DecodedVideo, match) -> Verdict:
+        req = video.request
+        what = f"request {match.request_id}" if match.source == "index" else match.source
+        return Verdict(
+            request_id=req.request_id,
+            uri=req.uri,
+            label=LABEL_FAKE,
+            score=match.score,
+            threshold=self.threshold,
+            aggregation=self.aggregation,
+            reason=f"near-duplicate of {what} ({match.matched_frames} of {len(match.distances)} frames match)",
+            model=self.info,
+            frames_sampled=len(video.frames),
+            content_sha256=video.content_sha256,
+            timings_ms=dict(video.timings_ms),
+            metadata=req.metadata,
+            near_duplicate=match.to_dict(reused=True),
+        )
+
     def _analyze(self, videos: list[DecodedVideo]) -> list[Verdict]:
+        if not videos:
+            return []
         frames: list[tuple[int, Frame]] = [(vi, f) for vi, v in enumerate(videos) for f in v.frames]
         n_frames = np.array([len(v.frames) for v in videos], dtype=np.float64)
 

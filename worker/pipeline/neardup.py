@@ -1,0 +1,489 @@
+"""Near-duplicate reuse: PDQ hashes of sampled frames and faces, a multi-index in Redis, banks of known fakes.
+
+Re-uploads (re-encoded, resized, cropped, trimmed, watermarked) defeat the content-hash cache.
+PDQ (Meta's perceptual hash, 256 bits) survives those edits, so a new video whose frames lie
+within a Hamming distance of an earlier video's frames is a near-duplicate of it.
+
+Reuse only what flags: a lip-synced fake of a real video is a near-duplicate of the real one,
+faces included, so a match with a `real` verdict is only recorded and the video is scanned; a
+match with a `fake` verdict of the same model (or with an operator's bank of known fakes) is
+answered `fake` at once, without detection or classification.
+
+The video rule (`video_match`): a query frame matches a candidate video when one of that
+video's hashes is within `neardup_max_distance` bits; the video matches when at least
+max(1, min(neardup_min_frames, usable frames), ceil(neardup_min_fraction * usable frames))
+of the query's usable frames match (usable: PDQ quality >= neardup_min_quality).
+
+The Redis index is multi-index hashing: each 256-bit hash is cut into 16 chunks of 16 bits and
+its id is added to one set per (chunk position, chunk value). Two hashes within 14 bits share
+at least two chunks exactly (pigeonhole), so a lookup reads the 16 sets of each query hash,
+keeps the ids found in two of them, fetches those candidates' full hashes and keeps the ones
+within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
+the benchmark measures (benchmarks/neardup.py). Chunk values held by more than MAX_BUCKET
+hashes are skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
+Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one model's index in
+one cluster slot, and one model's verdicts never answer for another model):
+    {prefix}:nd:{model16}:seq            counter of indexed videos
+    {prefix}:nd:{model16}:h              hash id -> 32 raw PDQ bytes (id = video * 256 + slot)
+    {prefix}:nd:{model16}:c:{i}:{value}  set of hash ids whose chunk i is `value` (4 hex digits)
+    {prefix}:nd:{model16}:v:{video}      the indexed verdict's summary (JSON), with the cache TTL
+    {prefix}:nd:{model16}:r:{request_id} marks a request as indexed (redelivery writes once)
+Hash ids of expired videos stay in the sets and are skipped at lookup (their summary is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import redis
+import structlog
+
+from worker.settings import Settings
+from worker.types import LABEL_FAKE, LABEL_REAL, FaceResult, Frame, Verdict
+
+log = structlog.get_logger(__name__)
+
+HASH_BYTES = 32
+CHUNKS = 16  # 16 chunks of 16 bits
+SLOTS_PER_VIDEO = 256  # hash ids are video * 256 + slot: at most 256 frame hashes indexed per video
+# Frames are downscaled before hashing: PDQ reduces every image to 64x64 anyway, and its
+# full-resolution filter costs ~300 ms on a 1080p frame here (about 1 ms at this size).
+HASH_LONG_SIDE = 128
+# Each indexed frame is also indexed as its centre crop without this fraction of the width and
+# height: PDQ does not survive crops (a 5% crop moves a hash by 26-60 bits here), and cropping
+# the frame is the commonest re-upload edit after re-encoding. Queries are hashed as they come.
+INDEX_CROP = 0.05
+# A chunk value shared by more hash ids than this (flat, dark or title frames) is skipped at
+# lookup: it would turn one query into a scan of thousands of unrelated hashes.
+MAX_BUCKET = 4096
+# A candidate must share this many whole chunks with a query hash. Two hashes within 14 bits
+# share at least 2 of the 16 chunks (d flipped bits touch at most d chunks). With one shared
+# chunk (complete to 15 bits) 1,000,000 random hashes give ~2,400 chance candidates per
+# 10-frame lookup to fetch and verify (150+ ms here under load); with two, almost none.
+MIN_CHUNK_HITS = 2
+OUTAGE_BACKOFF_S = 2.0
+
+try:  # pdqhash builds from source (no wheel): optional, in the `neardup` extra
+    import pdqhash
+except ImportError:  # pragma: no cover - depends on the install
+    pdqhash = None
+
+
+@dataclass
+class PdqHash:
+    """One PDQ hash: 32 bytes, PDQ's quality (0-100; under ~50 the image is too flat to trust)."""
+
+    bits: bytes
+    quality: int
+    frame_index: int
+
+    @property
+    def hex(self) -> str:
+        return self.bits.hex()
+
+
+@dataclass
+class VideoHashes:
+    """The hashes of one video: per sampled frame, and per face once faces are known."""
+
+    frames: list[PdqHash]
+    faces: list[PdqHash] = field(default_factory=list)
+
+    def usable(self, min_quality: int) -> list[PdqHash]:
+        return [h for h in self.frames if h.quality >= min_quality]
+
+
+@dataclass
+class Match:
+    """A near-duplicate found: in the index (a request's verdict) or in a bank."""
+
+    source: str  # "index" or "bank:NAME"
+    distances: list[int]  # per usable query frame, the distance to the nearest hash of the match
+    matched_frames: int
+    request_id: str | None = None  # the matched request (index matches)
+    label: str = LABEL_FAKE  # the matched verdict's label (banks hold fakes)
+    score: float | None = None  # the matched verdict's score (index matches)
+
+    @property
+    def flags(self) -> bool:
+        """Only a match with a fake may answer for a video (see the module doc)."""
+        return self.label == LABEL_FAKE
+
+    def to_dict(self, reused: bool) -> dict:
+        return {
+            "source": self.source,
+            "request_id": self.request_id,
+            "label": self.label,
+            "distances": self.distances,
+            "matched_frames": self.matched_frames,
+            "reused": reused,
+        }
+
+
+# -- hashing ------------------------------------------------------------------------------
+def available() -> bool:
+    return pdqhash is not None
+
+
+def hash_image(image: np.ndarray) -> tuple[bytes, int]:
+    """PDQ of an RGB uint8 image: (32 bytes, quality)."""
+    h, w = image.shape[:2]
+    scale = HASH_LONG_SIDE / max(h, w)
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    bits, quality = pdqhash.compute(np.ascontiguousarray(image))
+    return np.packbits(bits.astype(np.uint8)).tobytes(), int(quality)
+
+
+def hash_frames(frames: Sequence[Frame]) -> VideoHashes:
+    return VideoHashes([PdqHash(*hash_image(f.image), f.index) for f in frames])
+
+
+def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    dy, dx = int(round(h * fraction / 2)), int(round(w * fraction / 2))
+    return image[dy : h - dy, dx : w - dx]
+
+
+def hash_faces(frames: Sequence[Frame], faces: Sequence[FaceResult]) -> list[PdqHash]:
+    """PDQ of each scored face's box, cut from the frame it was found in."""
+    by_index = {f.index: f.image for f in frames}
+    out = []
+    for face in faces:
+        image = by_index.get(face.frame_index)
+        if image is None:
+            continue
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        crop = image[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)]
+        if crop.shape[0] >= 8 and crop.shape[1] >= 8:
+            out.append(PdqHash(*hash_image(crop), face.frame_index))
+    return out
+
+
+def indexed_hashes(hashes: VideoHashes, frames: Sequence[Frame], min_quality: int) -> list[bytes]:
+    """What the index stores of a video: its usable frames' hashes, then those frames' centre crops'."""
+    usable = hashes.usable(min_quality)
+    keep = {h.frame_index for h in usable}
+    crops = [hash_image(centre_crop(f.image, INDEX_CROP))[0] for f in frames if f.index in keep]
+    return [h.bits for h in usable] + crops
+
+
+def parse_hex(text: str) -> bytes:
+    """A PDQ hash written as 64 hex digits; ValueError for anything else."""
+    text = text.strip()
+    if len(text) != 2 * HASH_BYTES:
+        raise ValueError(f"a PDQ hash is {2 * HASH_BYTES} hex digits, got {len(text)}")
+    return bytes.fromhex(text)
+
+
+def as_matrix(hashes: Sequence[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, HASH_BYTES) if hashes else np.zeros((0, HASH_BYTES), np.uint8)
+
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances between every row of a [N, 32] and of b [M, 32] (uint8): [N, M] int."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        x = a.view(np.uint64)[:, None, :] ^ b.view(np.uint64)[None, :, :]
+        return np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
+    return _POPCOUNT8[a[:, None, :] ^ b[None, :, :]].sum(axis=-1, dtype=np.int64)
+
+
+def required_frames(usable: int, min_frames: int, min_fraction: float) -> int:
+    return max(1, min(min_frames, usable), math.ceil(min_fraction * usable - 1e-9))
+
+
+def video_match(
+    query: np.ndarray, candidate: np.ndarray, max_distance: int, min_frames: int, min_fraction: float
+) -> tuple[list[int], int] | None:
+    """(per query frame nearest distance, frames within max_distance) when the rule holds, else None."""
+    if len(query) == 0 or len(candidate) == 0:
+        return None
+    nearest = hamming(query, candidate).min(axis=1)
+    matched = int((nearest <= max_distance).sum())
+    if matched < required_frames(len(query), min_frames, min_fraction):
+        return None
+    return [int(d) for d in nearest], matched
+
+
+# -- banks --------------------------------------------------------------------------------
+@dataclass
+class Bank:
+    """Hashes of known fakes loaded from an operator's file: one 64-digit hex PDQ per line."""
+
+    name: str
+    hashes: np.ndarray  # [N, 32] uint8
+
+    @classmethod
+    def load(cls, name: str, path: str | Path) -> "Bank":
+        rows = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                text = line.split("#", 1)[0].strip()
+                if not text:
+                    continue
+                # ThreatExchange exports write "hash,quality" or "hash quality": the hash is the first field
+                text = text.replace(",", " ").split()[0]
+                try:
+                    rows.append(parse_hex(text))
+                except ValueError as exc:
+                    raise ValueError(f"bank {name!r} ({path}) line {n}: {exc}") from None
+        return cls(name, as_matrix(rows))
+
+
+def parse_banks(entries: Sequence[str]) -> list[Bank]:
+    """`NAME=PATH` entries (settings.neardup_banks) as loaded banks; ValueError on a bad entry or file."""
+    banks = []
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"bank entry {entry!r} is not NAME=PATH")
+        banks.append(Bank.load(name.strip(), path.strip()))
+    return banks
+
+
+# -- the Redis index ----------------------------------------------------------------------
+# Keeps, for each query hash (16 consecutive chunk sets in KEYS), the ids found in at least
+# ARGV[2] of its sets (skipping oversized sets), and returns those candidates' ids and hashes
+# in one round trip. KEYS[1] is the id -> hash table.
+_CANDIDATES_LUA = """
+local cap, need = tonumber(ARGV[1]), tonumber(ARGV[2])
+local seen, ids = {}, {}
+for q = 2, #KEYS, 16 do
+  local hits = {}
+  for i = q, q + 15 do
+    local n = redis.call('SCARD', KEYS[i])
+    if n > 0 and n <= cap then
+      for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+        local h = (hits[id] or 0) + 1
+        hits[id] = h
+        if h == need and not seen[id] then seen[id] = true; ids[#ids + 1] = id end
+      end
+    end
+  end
+end
+local hashes = {}
+for i = 1, #ids, 1000 do
+  local part = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
+  for _, h in ipairs(part) do hashes[#hashes + 1] = h end
+end
+return {ids, hashes}
+"""
+
+
+class HashIndex:
+    """The near-duplicate index of one model's verdicts in Redis (see the module doc)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, model_sha256: str, ttl_s: int):
+        self.client = client
+        self.ns = f"{prefix}:nd:{{{model_sha256[:16]}}}"
+        self.ttl_s = ttl_s
+        self._candidates = client.register_script(_CANDIDATES_LUA)
+
+    def chunk_keys(self, bits: bytes) -> list[str]:
+        return [f"{self.ns}:c:{i}:{bits[2 * i : 2 * i + 2].hex()}" for i in range(CHUNKS)]
+
+    def candidates(self, hashes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(hash ids, [K, 32] hashes) sharing at least MIN_CHUNK_HITS chunks with one of `hashes`."""
+        keys = [f"{self.ns}:h"] + [k for h in hashes for k in self.chunk_keys(h)]
+        ids, raw = self._candidates(keys=keys, args=[MAX_BUCKET, MIN_CHUNK_HITS])
+        # anything else under our keys (a foreign value) is not a candidate
+        keep = [(int(i), h) for i, h in zip(ids, raw) if i.isdigit() and h and len(h) == HASH_BYTES]
+        return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep])
+
+    def summaries(self, videos: Sequence[int]) -> list[dict | None]:
+        if not videos:
+            return []
+        out = []
+        for body in self.client.mget([f"{self.ns}:v:{v}" for v in videos]):
+            try:
+                out.append(json.loads(body) if body else None)
+            except (ValueError, TypeError):
+                out.append(None)  # a foreign value under our key: not a match
+        return out
+
+    def add(self, request_id: str, summary: dict, hashes: Sequence[bytes]) -> bool:
+        """Index one video's hashes under a new video number; False if the request was indexed already."""
+        hashes = list(hashes)[:SLOTS_PER_VIDEO]  # 128 frames, each also as a crop
+        video = int(self.client.incr(f"{self.ns}:seq"))
+        if not self.client.set(f"{self.ns}:r:{request_id}", video, nx=True, ex=self.ttl_s):
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
+        for slot, bits in enumerate(hashes):
+            hid = video * SLOTS_PER_VIDEO + slot
+            pipe.hset(f"{self.ns}:h", str(hid), bits)
+            for key in self.chunk_keys(bits):
+                pipe.sadd(key, hid)
+        pipe.execute()
+        return True
+
+
+# -- what the Scanner calls -----------------------------------------------------------------
+class NearDuplicates:
+    """Hash a decoded video, look it up in banks and the index, record fresh verdicts.
+
+    Redis failing never stops a scan: the lookup answers None (the video is scanned), the
+    write is skipped, both are logged, and calls fail fast for OUTAGE_BACKOFF_S afterwards.
+    """
+
+    def __init__(self, settings: Settings, banks: list[Bank], index: HashIndex | None):
+        self.max_distance = settings.neardup_max_distance
+        self.min_quality = settings.neardup_min_quality
+        self.min_frames = settings.neardup_min_frames
+        self.min_fraction = settings.neardup_min_fraction
+        self.banks = banks
+        self.index = index
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_sha256: str, client: redis.Redis | None = None) -> "NearDuplicates | None":
+        """None when the feature is off or PDQ is not installed; the index is off when Redis does not answer."""
+        if not settings.neardup_enabled:
+            return None
+        if not available():
+            log.warning("neardup_off", reason="pdqhash is not installed (pip install '.[neardup]')")
+            return None
+        banks = parse_banks(settings.neardup_banks)  # a bad bank is an operator error: refuse to start
+        index = None
+        if settings.neardup_index:
+            if client is None:
+                from worker.service.cache import connect
+
+                client = connect(settings)
+            try:
+                client.ping()
+                index = HashIndex(client, settings.redis_key_prefix, model_sha256, settings.redis_ttl_s)
+            except redis.RedisError as exc:
+                log.warning("neardup_index_off", reason=f"Redis does not answer: {exc}", redis_url=settings.redis_url)
+        log.info(
+            "neardup_ready",
+            index=index is not None,
+            banks={b.name: len(b.hashes) for b in banks},
+            max_distance=settings.neardup_max_distance,
+        )
+        return cls(settings, banks, index)
+
+    def hash(self, frames: Sequence[Frame]) -> VideoHashes:
+        return hash_frames(frames)
+
+    def lookup(self, hashes: VideoHashes) -> Match | None:
+        """The best near-duplicate of a video: a flagging match (bank, or fake in the index) first."""
+        usable = hashes.usable(self.min_quality)
+        if not usable:
+            return None
+        query = as_matrix([h.bits for h in usable])
+        for bank in self.banks:
+            hit = video_match(query, bank.hashes, self.max_distance, self.min_frames, self.min_fraction)
+            if hit is not None:
+                return Match(f"bank:{bank.name}", hit[0], hit[1])
+        if self.index is None or self._in_outage():
+            return None
+        try:
+            return self._index_lookup(query)
+        except redis.RedisError as exc:
+            self._outage()
+            log.warning("neardup_lookup_failed", error=str(exc))
+            return None
+
+    def _index_lookup(self, query: np.ndarray) -> Match | None:
+        ids, cands = self.index.candidates([bytes(q) for q in query])
+        if len(ids) == 0:
+            return None
+        close = hamming(query, cands).min(axis=0) <= self.max_distance
+        videos = sorted({int(i) // SLOTS_PER_VIDEO for i in ids[close]})
+        hits = []
+        for video in videos:
+            mine = ids // SLOTS_PER_VIDEO == video
+            hit = video_match(query, cands[mine], self.max_distance, self.min_frames, self.min_fraction)
+            if hit is not None:
+                hits.append((video, hit))
+        best = None
+        for (video, (distances, matched)), summary in zip(hits, self.index.summaries([v for v, _ in hits])):
+            if summary is None or summary.get("label") not in (LABEL_FAKE, LABEL_REAL):
+                continue  # expired, or not ours
+            match = Match("index", distances, matched, summary.get("request_id"), summary["label"], summary.get("score"))
+            # a fake outranks a real; then more matched frames, then closer
+            rank = (match.flags, matched, -sum(distances))
+            if best is None or rank > best[0]:
+                best = (rank, match)
+        return best[1] if best else None
+
+    def record(self, verdict: Verdict, hashes: VideoHashes, frames: Sequence[Frame]) -> None:
+        """Index a fresh fake or real verdict of this worker (never a reused or cached one)."""
+        if self.index is None or verdict.label not in (LABEL_FAKE, LABEL_REAL) or verdict.cached:
+            return
+        if verdict.near_duplicate and verdict.near_duplicate.get("reused"):
+            return
+        usable = hashes.usable(self.min_quality)
+        if not usable or self._in_outage():
+            return
+        hashes.faces = hash_faces(frames, verdict.faces)
+        summary = {
+            "request_id": verdict.request_id,
+            "label": verdict.label,
+            "score": verdict.score,
+            "model_sha256": verdict.model.sha256 if verdict.model else None,
+            "created_at": verdict.created_at,
+            "frames": [[h.frame_index, h.hex, h.quality] for h in hashes.frames],
+            "faces": [[h.frame_index, h.hex, h.quality] for h in hashes.faces],
+        }
+        try:
+            self.index.add(verdict.request_id, summary, indexed_hashes(hashes, frames, self.min_quality))
+        except redis.RedisError as exc:
+            self._outage()
+            log.warning("neardup_record_failed", request_id=verdict.request_id, error=str(exc))
+
+    def _in_outage(self) -> bool:
+        with self._lock:
+            return time.monotonic() < self._down_until
+
+    def _outage(self) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
+
+
+# -- making banks -----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m worker.pipeline.neardup VIDEO...`: print the PDQ hashes of each video's sampled
+    frames as bank lines (`hex quality  # file`), the way the worker hashes them."""
+    import argparse
+    import sys
+
+    from worker.media.decode import decode_frames
+    from worker.types import ScanError
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("videos", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    if not available():
+        print("pdqhash is not installed: pip install '.[neardup]'", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    failed = 0
+    for path in args.videos:
+        try:
+            frames, _ = decode_frames(path, settings)
+        except ScanError as exc:
+            print(f"{path}: {exc.reason}", file=sys.stderr)
+            failed += 1
+            continue
+        for h in hash_frames(frames).frames:
+            if h.quality >= settings.neardup_min_quality:
+                print(f"{h.hex} {h.quality}  # {path.name} frame {h.frame_index}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
