@@ -145,8 +145,9 @@ def test_cli_scan_prints_json_lines_and_exit_codes(untrained_bundle, carphone, t
 
     mixed = _cli("scan", "--model-dir", str(untrained_bundle.path), str(carphone), str(bad))
     assert mixed.returncode == 3
-    labels = [json.loads(l)["label"] for l in mixed.stdout.strip().splitlines()]
-    assert labels[1] == "error" and labels[0] in ("fake", "real")
+    # lines come as verdicts are ready; each names its input
+    labels = {json.loads(l)["uri"]: json.loads(l)["label"] for l in mixed.stdout.strip().splitlines()}
+    assert labels[str(bad)] == "error" and labels[str(carphone)] in ("fake", "real")
 
     broken = _cli("scan", "--model-dir", str(tmp_path / "no-bundle"), str(carphone))
     assert broken.returncode == 2 and "cannot load the models" in broken.stderr  # a configuration mistake
