@@ -91,7 +91,7 @@ class LoadStep:
             counted = self.attempts.start(work.tp.topic, work.tp.partition, work.offset)
         work.attempts = max(work.attempts + 1, counted or 0)
         if work.attempts > self.max_attempts:
-            self._poison(work, "crashed, was killed or timed out")
+            self._poison(work, work.attempts - 1, "each crashed, was killed or timed out")
             return
         with self._lock:
             self._handling[work] = time.monotonic()
@@ -118,14 +118,14 @@ class LoadStep:
         if verdict.error_code in RETRY_CODES:
             metrics.FAILURES.labels(f"attempt_{verdict.error_code}").inc()
             if work.attempts >= self.max_attempts:
-                self._poison(work, f"last: {verdict.error_code}: {verdict.reason}")
+                self._poison(work, work.attempts, f"the last: {verdict.error_code}: {verdict.reason}")
             else:
                 log.warning("attempt_failed", request_id=work.request.request_id, code=verdict.error_code, attempt=work.attempts)
                 self.submit(work)
             return
         self.publish(work, verdict)
 
-    def _poison(self, work: Work, why: str) -> None:
-        reason = f"handling started {work.attempts} times (limit {self.max_attempts}) without an answer; {why}"
+    def _poison(self, work: Work, tried: int, why: str) -> None:
+        reason = f"{tried} handling attempts (limit {self.max_attempts}) ended without an answer; {why}"
         log.error("poison", request_id=work.request.request_id, where=work.where, reason=reason)
         self.dead_letter(work, Rejected("poison", reason))

@@ -97,7 +97,7 @@ def test_crashed_or_timed_out_attempts_are_retried_then_dead_lettered_as_poison(
     step.close()
     assert scanner.loads == 3 and sink.published == []
     [(_, rejected)] = sink.dead
-    assert rejected.code == "poison" and "3 times" in rejected.reason and "decoder_crashed" in rejected.reason
+    assert rejected.code == "poison" and "3 handling attempts" in rejected.reason and "decoder_crashed" in rejected.reason
 
 
 def test_a_retry_that_succeeds_is_published():
