@@ -180,3 +180,11 @@ def test_request_stuck_in_handling_past_its_deadlines_is_503(live):
     _eventually_503(port, "in handling")
     started["at"] = None
     assert _get(port, "/healthz")[0] == 200
+
+
+def test_handling_limit_is_the_decode_and_download_deadlines_plus_a_margin():
+    from worker.service.runner import handling_limit_s
+    from worker.settings import Settings
+
+    assert handling_limit_s(Settings()) == 480.0  # the figure docs/streaming.md gives for the defaults
+    assert handling_limit_s(Settings(decode_timeout_s=10, http_total_timeout_s=20)) == 150.0
