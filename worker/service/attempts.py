@@ -5,15 +5,21 @@ on every replica that takes the partition over: a crash loop. Each handling atte
 counted when it starts, under `{prefix}:attempts:{topic}:{partition}:{offset}` (expiring
 after the verdict TTL); a start that finds the count above settings.max_attempts means that
 many attempts began and none finished, and the message is dead-lettered with code `poison`.
-Redis being down never blocks work: the attempt is then counted in this process only.
+Redis being down never blocks work: the attempt is then counted in this process only, and
+after a failure Redis is skipped for OUTAGE_BACKOFF_S (as the verdict cache does), so a
+hanging Redis does not add a socket timeout to every request.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import redis
 import structlog
 
 from worker.service import metrics
+from worker.service.cache import OUTAGE_BACKOFF_S
 
 log = structlog.get_logger(__name__)
 
@@ -27,10 +33,16 @@ class AttemptCounter:
         self.client = client
         self.prefix = prefix
         self.ttl_s = ttl_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
 
     def start(self, topic: str, partition: int, offset: int) -> int | None:
         """Count one more attempt and return the total so far, or None when Redis cannot say."""
         key = attempts_key(self.prefix, topic, partition, offset)
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                metrics.FAILURES.labels("attempts_unavailable").inc()
+                return None
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.incr(key)
@@ -38,6 +50,8 @@ class AttemptCounter:
             count, _ = pipe.execute()
             return int(count)
         except redis.RedisError as exc:
+            with self._lock:
+                self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
             metrics.FAILURES.labels("attempts_unavailable").inc()
             log.warning("attempt_count_failed", key=key, error=str(exc))
             return None

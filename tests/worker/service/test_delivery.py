@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from producer.client import ScanClient
-from tests.fixtures.stack import committed_offsets, read_topic, start_worker, wait_for_log
+from tests.fixtures.stack import committed_offsets, read_topic, start_worker
 from worker.localstack import free_port
 from worker.service.attempts import attempts_key
 from worker.service.dead_letter import HEADER_CODE, HEADER_OFFSET, HEADER_REASON

@@ -121,6 +121,7 @@ class _Blocking:
         if self.how == "die":
             raise SystemExit  # the thread ends, as a crash in a C extension or a bug would end it
         time.sleep(30)  # stuck in a native call
+        return []
 
 
 def test_main_loop_stalled_is_503(served):

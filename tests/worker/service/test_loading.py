@@ -147,8 +147,17 @@ def test_attempts_counted_in_redis_across_restarts_make_poison(stack):
 
 
 def test_attempts_without_redis_fall_back_to_this_process():
-    counter = AttemptCounter(redis.Redis(port=1, socket_connect_timeout=0.2), "x", ttl_s=60)
+    class CountingRedis(redis.Redis):
+        tries = 0
+
+        def pipeline(self, *args, **kwargs):
+            CountingRedis.tries += 1
+            return super().pipeline(*args, **kwargs)
+
+    counter = AttemptCounter(CountingRedis(port=1, socket_connect_timeout=0.2), "x", ttl_s=60)
     assert counter.start("req", 0, 1) is None
+    assert counter.start("req", 0, 2) is None
+    assert CountingRedis.tries == 1  # skipped during the outage back-off: no socket timeout per request
     scanner, sink = ScriptedScanner([verdict()]), Sink()
     step = _step(scanner, sink, attempts=counter)
     step.submit(_work())
