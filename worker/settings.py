@@ -94,8 +94,13 @@ class Settings:
     kafka_heartbeat_interval_ms: int = _opt(1000, "Consumer group heartbeat interval.")
     kafka_max_poll_interval_ms: int = _opt(300000, "Longest gap between polls before the group evicts the worker.")
     max_message_bytes: int = _opt(64 * 1024, "Largest request message accepted; larger ones are dead-lettered.")
-    max_in_flight: int = _opt(8, "Videos in flight per worker; partitions are paused beyond it.")
+    max_in_flight: int = _opt(
+        8, "Requests per worker received and not yet committed, answered or not; intake pauses at it, and a crash redoes at most this many."
+    )
     drain_grace_s: float = _opt(25.0, "On SIGTERM or rebalance, time allowed to finish in-flight videos.")
+    max_attempts: int = _opt(
+        3, "Handling attempts per message (counted in Redis across restarts; a crash, kill or decoder timeout counts) before it is dead-lettered as `poison`."
+    )
     # --- Redis -----------------------------------------------------------------
     redis_url: str = _opt(
         "redis://127.0.0.1:6379/0", "Redis URL (rediss:// for TLS; a password may be given in the URL or below)."

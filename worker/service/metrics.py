@@ -16,7 +16,9 @@ VERDICTS = Counter(
 )
 FAILURES = Counter(
     "dfd_failures_total",
-    "Failures by reason: dead_letter_<code>, scan_error_<code>, publish, commit, cache_read, cache_write, analyze.",
+    "Failures by reason: dead_letter_<code>, scan_error_<code>, publish, publish_fatal, commit, cache_read, "
+    "cache_write, cache_write_dropped, analyze, attempt_<code> (a handling attempt that crashed or timed out), "
+    "attempts_unavailable (Redis could not count an attempt).",
     ["reason"],
 )
 DEAD_LETTERS = Counter("dfd_dead_letters_total", "Messages sent to the dead-letter topic, by cause.", ["code"])
@@ -33,7 +35,9 @@ BATCH_VIDEOS = Histogram(
 BATCH_FRAMES = Histogram(
     "dfd_batch_frames", "Frames per analyze call.", buckets=(1, 4, 8, 16, 32, 64, 128, 256, 512)
 )
-IN_FLIGHT = Gauge("dfd_in_flight", "Requests received and not yet answered (the bounded window).")
+IN_FLIGHT = Gauge(
+    "dfd_in_flight", "Requests received and not yet committed, answered or not (the bounded window: what a crash would redo)."
+)
 PAUSED = Gauge("dfd_partitions_paused", "1 while the consumer's partitions are paused because the window is full.")
 CONSUMER_LAG = Gauge(
     "dfd_consumer_lag", "Messages behind the partition's high-water mark, per assigned partition.", ["partition"]
@@ -42,3 +46,8 @@ COMMITS = Counter("dfd_offset_commits_total", "Successful offset commits.")
 REBALANCES = Counter("dfd_rebalances_total", "Partition assignment changes, by kind.", ["kind"])
 CACHE_HITS = Counter("dfd_cache_hits_total", "Requests answered from the Redis verdict cache by content hash.")
 READY = Gauge("dfd_ready", "1 when models are loaded and the broker is reachable.")
+VERDICTS_REPLAYED = Counter(
+    "dfd_verdicts_replayed_total",
+    "Redelivered requests answered by republishing the verdict already known for the request id and model, "
+    "without fetching or decoding.",
+)

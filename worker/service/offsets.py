@@ -3,11 +3,14 @@
 Work finishes out of order (a short clip overtakes a long one), but a Kafka commit says
 "everything before this offset is handled". The tracker therefore commits only up to the
 oldest offset still in flight, so a crash never skips unfinished work (at-least-once).
-Pure logic, no Kafka calls: the runner feeds it and performs the commits.
+It also counts what is not yet committed, done or not (`uncommitted`): that is what a
+crash would redo, so the runner's window is measured in it.
+Pure logic, no Kafka calls: the commit path (`commits.py`) feeds it and performs the commits.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -17,6 +20,7 @@ class _PartitionState:
     pending: set[int] = field(default_factory=set)
     next_offset: int | None = None  # one past the highest offset seen
     committed: int | None = None  # the last offset handed out for commit
+    received: deque[int] = field(default_factory=deque)  # offsets received, not yet below a commit
 
 
 class OffsetTracker:
@@ -31,6 +35,7 @@ class OffsetTracker:
         if state.next_offset is not None and offset < state.next_offset:
             raise ValueError(f"offset {offset} of {partition} arrived after {state.next_offset - 1}")
         state.pending.add(offset)
+        state.received.append(offset)
         state.next_offset = offset + 1
 
     def done(self, partition: Hashable, offset: int) -> bool:
@@ -66,6 +71,8 @@ class OffsetTracker:
         state = self._parts.get(partition)
         if state is not None:
             state.committed = offset if state.committed is None else max(state.committed, offset)
+            while state.received and state.received[0] < state.committed:
+                state.received.popleft()
 
     def forget(self, partition: Hashable) -> int:
         """Drop a partition (revoked); returns how many offsets were still pending."""
@@ -78,6 +85,14 @@ class OffsetTracker:
             state = self._parts.get(partition)
             return len(state.pending) if state else 0
         return sum(len(s.pending) for s in self._parts.values())
+
+    def uncommitted(self, partition: Hashable | None = None) -> int:
+        """Offsets received and not yet covered by a commit, finished or not: what a crash now
+        would hand to the next owner to redo."""
+        if partition is not None:
+            state = self._parts.get(partition)
+            return len(state.received) if state else 0
+        return sum(len(s.received) for s in self._parts.values())
 
     def partitions(self) -> list[Hashable]:
         return list(self._parts)

@@ -100,3 +100,20 @@ def test_random_completion_order_never_commits_past_unfinished_work():
             assert target == (min(unfinished) if unfinished else offsets[-1] + 1)
             t.committed("p", target)
     assert t.pending() == 0
+
+
+def test_done_work_stays_uncommitted_until_a_commit_covers_it():
+    # a crash redoes everything not covered by a commit, finished or not: the window counts it
+    t = OffsetTracker()
+    for off in range(5):
+        t.add("p", off)
+    for off in (1, 2, 3, 4):
+        t.done("p", off)
+    assert t.pending() == 1
+    assert t.uncommitted() == 5  # the slow head holds the commit: all five would be redone
+    t.done("p", 0)
+    assert t.uncommitted("p") == 5
+    t.committed("p", t.committable("p"))
+    assert t.uncommitted() == 0
+    t.add("p", 5)
+    assert t.uncommitted() == 1 and t.uncommitted("q") == 0

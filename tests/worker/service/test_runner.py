@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -145,3 +146,33 @@ def test_bad_messages_go_to_dead_letter_with_reason_and_original_bytes(settings,
         assert int(r.headers[HEADER_OFFSET]) >= 0
     # the bad messages are committed past, so they are not retried forever
     assert sum(o for o in committed_offsets(settings, 4).values() if o) == 4
+
+
+def test_verdict_too_large_for_the_broker_is_dead_lettered_and_its_offset_commits(settings, scanner, carphone):
+    from worker.service.kafka_clients import make_producer
+
+    settings = settings.replace(max_message_bytes=16 * 1024)
+    client = ScanClient(settings)
+    pad = "y" * 4000  # copied into the verdict, which then outgrows the producer's limit below
+    [big] = client.submit([ScanRequest("big", str(carphone.parent / "nope.mp4"), metadata={"pad": pad})])
+    [good] = client.submit([ScanRequest("good", str(carphone.parent / "nope.mp4"))])
+    runner = Runner(settings, scanner, producer=make_producer(settings, max_request_size=4000))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        letters = read_topic(settings.kafka_bootstrap, settings.dead_letter_topic, count=1, timeout_s=60)
+        answers = read_topic(settings.kafka_bootstrap, settings.results_topic, count=1, timeout_s=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and sum(o or 0 for o in committed_offsets(settings, 4).values()) < 2:
+            time.sleep(0.3)
+    finally:
+        runner.stop()
+        thread.join(30)
+    [letter] = letters
+    assert letter.headers[HEADER_CODE] == b"unpublishable"
+    assert b"MessageSizeTooLargeError" in letter.headers[HEADER_REASON]
+    assert letter.key == big.encode()
+    # the original request, or nothing when it is itself too large for a dead letter
+    assert letter.value == b"" or json.loads(letter.value)["request_id"] == "big"
+    assert [r.key.decode() for r in answers] == [good]  # the rest goes on
+    assert sum(o for o in committed_offsets(settings, 4).values() if o) == 2  # committed past it
