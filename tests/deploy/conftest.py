@@ -21,6 +21,26 @@ DOCKER = DEPLOY / "docker"
 OVERLAYS = ("cpu", "gpu")
 
 
+def images_module():
+    """deploy/images.py (podman builds; not a package, so loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dfd_images", DEPLOY / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def podman_or_skip():
+    """deploy/images.py with podman ready (installed with apt-get when missing), else skip saying why."""
+    images = images_module()
+    try:
+        images.ensure_podman()
+    except images.Unavailable as exc:
+        pytest.skip(f"no podman: {exc}")
+    return images
+
+
 def render(folder: str | Path) -> list[dict[str, Any]]:
     """The resources `kubectl kustomize folder` prints, as dicts, in order (a fresh copy per call)."""
     import copy

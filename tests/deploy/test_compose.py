@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, dockerfile_env
+from tests.deploy.conftest import DEPLOY, REPO, dockerfile_env, podman_or_skip
 from worker.settings import ENV_PREFIX, Settings, env_name
 
 COMPOSE_FILE = DEPLOY / "compose" / "compose.yaml"
@@ -80,10 +79,8 @@ def test_podman_compose_accepts_the_file(tmp_path):
     assert f"{tmp_path}:/models/bundle:ro" in worker["volumes"]
     assert resolved["services"]["producer"]["environment"]["DFD_KAFKA_BOOTSTRAP"] == "kafka:9092"
     # podman-compose only passes `ports` on; podman itself judges them when it creates the pod
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("podman is not installed: the published ports were not checked by podman")
-    env = dict(os.environ, CONTAINERS_CONF=str(DEPLOY / "podman" / "containers.conf"))
+    env = podman_or_skip().podman_env()
+    podman = "podman"
     for name, service in resolved["services"].items():
         for spec in service.get("ports", []):
             pod = f"dfd-compose-check-{os.getpid()}-{name}"
@@ -95,11 +92,8 @@ def test_podman_compose_accepts_the_file(tmp_path):
 
 def test_podman_refuses_a_host_port_range_for_one_container_port():
     """What the old `8080-8083:8080` mapping ran into; shows the check above can fail."""
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("podman is not installed")
-    env = dict(os.environ, CONTAINERS_CONF=str(DEPLOY / "podman" / "containers.conf"))
-    done = subprocess.run([podman, "pod", "create", "--name", f"dfd-compose-range-{os.getpid()}", "-p", "8080-8083:8080"],
+    env = podman_or_skip().podman_env()
+    done = subprocess.run(["podman", "pod", "create", "--name", f"dfd-compose-range-{os.getpid()}", "-p", "8080-8083:8080"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode != 0 and "different lengths" in done.stderr
 

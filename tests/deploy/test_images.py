@@ -10,9 +10,7 @@ tests are skipped, with the reason, only where that is impossible.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -22,7 +20,7 @@ import uuid
 import pytest
 
 from producer.client import ScanClient
-from tests.deploy.conftest import DEPLOY
+from tests.deploy.conftest import images_module, podman_or_skip
 from tests.fixtures.stack import read_topic
 from worker.localstack import free_port
 from worker.types import ScanRequest
@@ -33,14 +31,7 @@ TAG = "localhost/dfd-worker:cpu-test"
 UID = 10001
 
 
-def _images_module():
-    spec = importlib.util.spec_from_file_location("dfd_images", DEPLOY / "images.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-images = _images_module()
+images = images_module()
 
 
 def podman(*args, timeout=300, check=True) -> subprocess.CompletedProcess:
@@ -52,10 +43,7 @@ def podman(*args, timeout=300, check=True) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def cpu_image() -> str:
-    try:
-        images.ensure_podman()
-    except images.Unavailable as exc:
-        pytest.skip(f"no podman: {exc}")
+    podman_or_skip()
     tag, seconds = images.build("cpu", TAG)
     size = images.image_size(tag)
     print(f"\nCPU image {tag}: {size / 1e6:.0f} MB, build {seconds:.1f} s")
