@@ -67,3 +67,16 @@ def test_no_runtime_fails_at_start_saying_what_to_install(installed, untrained_b
             assert "deepfake-stream[gpu]" in done.stderr and "Traceback" not in done.stderr
     finally:  # leave the module's venv as it was for any later test
         run(folder / "bin/python", "-m", "pip", "install", "-q", "--only-binary", ":all:", "onnxruntime==1.31.1", cwd=tmp_path, env=env)
+
+
+def test_the_gpu_variant_resolves_to_onnxruntime_gpu_alone(installed, tmp_path):
+    """`pip install 'deepfake-stream[gpu]'` picks onnxruntime-gpu and never the CPU onnxruntime
+    (both are the module `onnxruntime`); resolved, not installed: 340 MB for nothing here."""
+    folder, env = installed
+    (wheel,) = (folder.parent / "dist").glob("deepfake_stream-*.whl")
+    report = tmp_path / "report.json"
+    done = run(folder / "bin/python", "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", "--only-binary", ":all:",
+               "--report", report, f"{wheel}[gpu]", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "onnxruntime-gpu" in names and "onnxruntime" not in names and "deepfake-stream" in names
