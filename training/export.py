@@ -174,7 +174,7 @@ def detection_settings(info: dict) -> dict:
 def add_arguments(p) -> None:
     p.add_argument("model", type=Path, help="the model folder written by `dfd-train train` (RUN/model)")
     p.add_argument("data", type=Path, help="the prepared data folder (real crops for the parity check)")
-    p.add_argument("out", type=Path, help="bundle folder to write (manifest.json + model.onnx)")
+    p.add_argument("out", type=Path, help="bundle folder to write (manifest.json, model.onnx, detector.onnx)")
     p.add_argument("--evaluation", type=Path, default=None, help="folder (or evaluation.json) from `dfd-train evaluate`")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the evaluation's, tuned on validation)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (float32 inputs and outputs)")

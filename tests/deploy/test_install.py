@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -29,7 +30,13 @@ def run(*args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory):
     """(venv folder, environment) with the project's wheel and its `cpu` extra installed."""
     tmp = tmp_path_factory.mktemp("install")
-    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", REPO, cwd=tmp)
+    # built from a copy of what the sdist would hold, so no build/ or egg-info lands in the checkout
+    source = tmp / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "worker", "producer", "training"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", source, cwd=tmp)
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp / "dist").glob("deepfake_stream-*.whl")
     venv.create(tmp / "venv", with_pip=True, system_site_packages=False)
