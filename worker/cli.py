@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["run"], ["scan"], ["check"]) and not _runtime_installed():
+        return EXIT_USAGE
     if argv[:1] == ["run"]:
         # The service parses its own flags; imported lazily so `scan` needs no Kafka client set-up.
         from worker.service.runner import main as run_main
@@ -116,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"model": scanner.info.to_dict(), "providers": scanner.providers, "threshold": scanner.threshold, "aggregation": scanner.aggregation}))
         return EXIT_OK
     return _scan(settings, args)
+
+
+def _runtime_installed() -> bool:
+    """The ONNX Runtime (the `cpu` or `gpu` extra) is a choice made at install time: a missing
+    one is reported at start, before anything else, not at the first model load."""
+    try:
+        import worker.models.runtime  # noqa: F401  (raises RuntimeMissing with what to install)
+    except ImportError as exc:
+        print(f"dfd-worker: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _load_scanner(settings):

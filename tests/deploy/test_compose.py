@@ -10,14 +10,17 @@ import base64
 import dataclasses
 import importlib.resources
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.conftest import DEPLOY, REPO, dockerfile_env
+from tests.deploy.conftest import DEPLOY, REPO, dockerfile_env, podman_or_skip
 from worker.settings import ENV_PREFIX, Settings, env_name
 
 COMPOSE_FILE = DEPLOY / "compose" / "compose.yaml"
@@ -58,6 +61,41 @@ def test_matches_the_compose_specification():
     doc = compose()
     jsonschema.validate(doc, compose_schema())
     assert {"kafka", "topics", "redis", "worker", "producer"} <= set(doc["services"])
+
+
+def podman_compose_config(tmp_path) -> dict:
+    """The file as podman-compose (a real compose implementation) reads and resolves it."""
+    env = dict(os.environ, MODEL_BUNDLE=str(tmp_path), VIDEOS=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "podman_compose", "-f", str(COMPOSE_FILE), "config"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return yaml.safe_load(done.stdout)
+
+
+def test_podman_compose_accepts_the_file(tmp_path):
+    resolved = podman_compose_config(tmp_path)
+    assert set(resolved["services"]) == set(compose()["services"])
+    worker = resolved["services"]["worker"]
+    assert f"{tmp_path}:/models/bundle:ro" in worker["volumes"]
+    assert resolved["services"]["producer"]["environment"]["DFD_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    # podman-compose only passes `ports` on; podman itself judges them when it creates the pod
+    env = podman_or_skip().podman_env()
+    podman = "podman"
+    for name, service in resolved["services"].items():
+        for spec in service.get("ports", []):
+            pod = f"dfd-compose-check-{os.getpid()}-{name}"
+            done = subprocess.run([podman, "pod", "create", "--name", pod, "-p", str(spec)],
+                                  capture_output=True, text=True, env=env, timeout=60)
+            subprocess.run([podman, "pod", "rm", "-f", pod], capture_output=True, env=env, timeout=60)
+            assert done.returncode == 0, f"podman refuses {name}'s port {spec!r}: {done.stderr}"
+
+
+def test_podman_refuses_a_host_port_range_for_one_container_port():
+    """What the old `8080-8083:8080` mapping ran into; shows the check above can fail."""
+    env = podman_or_skip().podman_env()
+    done = subprocess.run(["podman", "pod", "create", "--name", f"dfd-compose-range-{os.getpid()}", "-p", "8080-8083:8080"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode != 0 and "different lengths" in done.stderr
 
 
 def test_schema_catches_a_misspelt_key():
@@ -127,11 +165,8 @@ def test_worker_is_read_only_with_its_bundle_and_videos_mounted():
     assert settings.model_dir in targets
     assert all(root in targets for root in settings.allowed_roots)
     assert all(v.endswith(":ro") for v in worker["volumes"])
-    # the health port is published, one host port per replica that --scale may start
-    (ports,) = worker["ports"]
-    first, last, container_port = map(int, re.fullmatch(r"(\d+)-(\d+):(\d+)", ports).groups())
-    assert container_port == settings.http_port
-    assert last - first + 1 >= scale_bound()
+    # the health port is published on a host port chosen per replica, so --scale never collides
+    assert worker["ports"] == [str(settings.http_port)]
 
 
 def test_images_are_built_from_this_repository():

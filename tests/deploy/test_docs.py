@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.deploy.conftest import REPO, KUBERNETES, one
-from tests.deploy.kustomize import render
+from tests.deploy.conftest import KUBERNETES, REPO, one, render
 from worker.service.cache import content_key, request_key
 from worker.settings import Settings
 

@@ -21,8 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.conftest import DOCKER, KUBERNETES, OVERLAYS, dockerfile_env, one, pod_env, worker_container
-from tests.deploy.kustomize import render, split_image
+from tests.deploy.conftest import DOCKER, KUBERNETES, OVERLAYS, dockerfile_env, one, pod_env, render, split_image, worker_container
 from worker.settings import ENV_PREFIX, Settings, env_name
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -335,10 +334,10 @@ def test_model_bundle_init_container_copies_into_the_model_dir(overlay):
     assert json.loads(bundle_cmd[0][4:]) == init["command"]
 
 
-def test_kustomization_files_stay_within_the_renderer(tmp_path):
-    """Every kustomization under deploy/ renders: the renderer refuses fields it cannot do."""
+def test_every_kustomization_renders_with_kubectl():
+    """Every kustomization under deploy/ renders with `kubectl kustomize` (Kustomize itself)."""
     folders = sorted(p.parent for p in KUBERNETES.rglob("kustomization.yaml"))
-    assert len(folders) == 4
+    assert len(folders) >= 4
     for folder in folders:
         assert render(folder), folder
     # and base's kustomization lists every manifest in its folder, so none is forgotten

@@ -57,6 +57,11 @@ def test_bundle_carries_thresholds_and_crop_settings(chain):
     assert bundle.input_size == 64 and bundle.crop_margin == Settings().crop_margin
     assert bundle.manifest["training"]["onnx_parity"]["max_abs_prob_diff"] < 1e-4
     assert bundle.metrics["test"]["video"]["n"] == 2
+    # the detector and detection settings the crops were made with travel in the bundle
+    prep = json.loads((chain / "model" / "dfd_training.json").read_text())["prepare"]
+    assert bundle.detector_path.is_file() and bundle.info.detector_sha256
+    assert {k: bundle.detection[k] for k in ("detect_long_side", "face_score_threshold", "min_face_px", "max_faces_per_frame")} == {
+        k: prep[k] for k in ("detect_long_side", "face_score_threshold", "min_face_px", "max_faces_per_frame")}
 
 
 def test_worker_scans_with_the_bundle_and_sees_the_training_crops(chain, prepared, labelled_clips):

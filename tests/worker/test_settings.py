@@ -40,3 +40,11 @@ def test_secrets_are_masked():
 def test_readme_documents_every_setting():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert markdown_table() in readme, "README's configuration table is stale: paste `dfd-worker settings --markdown`"
+
+
+def test_is_set_tells_values_given_on_purpose_from_defaults():
+    s = Settings.from_env({"DFD_MIN_FACE_PX": "24"})  # the default's value, but set on purpose
+    assert s.is_set("min_face_px") and not s.is_set("detect_long_side")
+    assert s.replace(detect_long_side=640).is_set("detect_long_side") and s.replace(detect_long_side=640).is_set("min_face_px")
+    assert Settings(max_faces_per_frame=1).is_set("max_faces_per_frame")  # differs from the default
+    assert not Settings().is_set("max_faces_per_frame")

