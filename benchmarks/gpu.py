@@ -59,7 +59,7 @@ def fp16_bundle() -> Path:
         mean=src.mean, std=src.std, labels=src.labels, fake_index=src.fake_index, threshold=src.threshold,
         thresholds=src.thresholds, aggregation=src.aggregation, crop_margin=src.crop_margin,
         align_faces=src.align_faces, trained=src.info.trained, demo=src.info.demo,
-        training={"converted_from": src.info.sha256, "precision": "fp16"},
+        training={"converted_from": src.info.sha256, "precision": "fp16"}, detection=src.detection or None,
     )
     staging.unlink()
     return dst
