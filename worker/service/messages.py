@@ -1,7 +1,7 @@
 """Kafka message bodies: request JSON -> ScanRequest (or a dead-letter reason), Verdict -> bytes.
 
 Requests are versioned JSON objects:
-    {"schema_version": 1, "request_id": "...", "uri": "...", "sha256": null, "metadata": {}}
+    {"schema_version": 1, "request_id": "...", "uri": "...", "sha256": null, "metadata": {}, "callback_url": null}
 Anything else is rejected with a `Rejected` naming the cause; the runner dead-letters it.
 """
 
@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from worker.types import REQUEST_SCHEMA_VERSION, ModelInfo, ScanRequest, Verdict
 
 SUPPORTED_REQUEST_VERSIONS = (REQUEST_SCHEMA_VERSION,)
 MAX_REQUEST_ID_CHARS = 256
 MAX_URI_CHARS = 8192
+MAX_CALLBACK_URL_CHARS = 2048
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # Header names on verdict messages, so consumers can route without parsing the body.
@@ -75,7 +77,22 @@ def parse_request(value: bytes | None, max_bytes: int) -> ScanRequest | Rejected
         metadata = {}
     if not isinstance(metadata, dict):
         return Rejected("invalid", "metadata must be a JSON object")
-    return ScanRequest(request_id=request_id, uri=uri, sha256=sha256, metadata=metadata)
+    callback_url = doc.get("callback_url")
+    if callback_url is not None and not is_callback_url(callback_url):
+        return Rejected("invalid", f"callback_url must be an http(s) URL with a host, at most {MAX_CALLBACK_URL_CHARS} characters")
+    return ScanRequest(request_id=request_id, uri=uri, sha256=sha256, metadata=metadata, callback_url=callback_url)
+
+
+def is_callback_url(value: object) -> bool:
+    """Shape only; where it points is checked by the webhook sender's SSRF guard at delivery."""
+    if not isinstance(value, str) or len(value) > MAX_CALLBACK_URL_CHARS or not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def encode_request(request: ScanRequest) -> bytes:
