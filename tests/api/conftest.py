@@ -33,7 +33,7 @@ def make_verdict(rid: str, label: str = "fake", score: float | None = 0.9, sha: 
         FaceResult(1, 2.5, [12.0, 22.0, 62.0, 82.0], 0.98, 0.35),
     ] if label in ("fake", "real") else []
     return Verdict(rid, f"https://cdn.example.com/{rid}.mp4", label, score=score, threshold=0.5, aggregation="mean",
-                   model=MODEL, faces=faces, frames_sampled=4, frames_with_faces=2 if faces else 0,
+                   model=kw.pop("model", MODEL), faces=faces, frames_sampled=4, frames_with_faces=2 if faces else 0,
                    content_sha256=sha, **kw)
 
 
@@ -70,7 +70,8 @@ def serve(settings: Settings, keys: KeyStore = KEYS, run_indexer: bool = True):
 
 @pytest.fixture
 def api_settings(stack) -> Settings:
-    return stack.settings(api_rate_limit_per_s=1000.0, api_rate_burst=1000)
+    settings = stack.settings(api_rate_limit_per_s=1000.0, api_rate_burst=1000)
+    return settings.replace(api_group_id=f"api-{settings.group_id}")  # the index consumer's own group per test
 
 
 @pytest.fixture
