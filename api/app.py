@@ -137,7 +137,8 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
     def require(scope: str):
         def check(request: Request) -> ApiKey:
             presented = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            challenge = {"WWW-Authenticate": 'Bearer realm="dfd-api", Basic realm="dfd-api", charset="UTF-8"'}
+            # Basic first: browsers answer the first scheme they know (the review page); API clients send Bearer
+            challenge = {"WWW-Authenticate": 'Basic realm="dfd-api", charset="UTF-8", Bearer realm="dfd-api"'}
             if presented is None:
                 metrics.AUTH_FAILURES.labels("missing_key").inc()
                 raise HTTPException(401, "an API key is required", headers=challenge)
