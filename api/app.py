@@ -62,31 +62,45 @@ class Services:
         self._producer: KafkaProducer | None = None
 
     def start(self) -> None:
+        threading.Thread(target=self._connect_producer, name="kafka-producer", daemon=True).start()
         if self.run_indexer:
             start_thread(self.settings, f"{self.settings.api_group_id}-index", self._index, self.stop)
 
     def _index(self, records: list) -> None:
         metrics.INDEXED.inc(self.index.add(r.value for r in records if r.value is not None))
 
-    @property
-    def producer(self) -> KafkaProducer:
-        """Made on first use (KafkaProducer refuses to be made without a broker); one, shared by all threads."""
-        with self._producer_lock:
-            if self._producer is None:
+    def _connect_producer(self) -> None:
+        """Make the producer in the background: KafkaProducer blocks ~30 s when no broker answers,
+        which no HTTP request should wait for; until it exists, submissions get 503."""
+        while not self.stop.is_set():
+            try:
                 # sends wait at most 5 s for topic metadata, so a lost broker is a quick 503
-                self._producer = make_producer(self.settings, max_block_ms=5000)
+                producer = make_producer(self.settings, max_block_ms=5000)
+            except Exception as exc:
+                log.warning("broker_unreachable", error=f"{type(exc).__name__}: {exc}")
+                self.stop.wait(5.0)
+                continue
+            with self._producer_lock:
+                self._producer = producer
+            return
+
+    @property
+    def producer(self) -> KafkaProducer | None:
+        with self._producer_lock:
             return self._producer
 
     def publish(self, request: ScanRequest) -> None:
-        self.producer.send(
-            self.settings.requests_topic, key=request.request_id.encode(), value=encode_request(request)
-        ).get(timeout=15)
+        producer = self.producer
+        if producer is None:
+            raise ConnectionError("not connected to the broker yet")
+        producer.send(self.settings.requests_topic, key=request.request_id.encode(), value=encode_request(request)).get(timeout=15)
 
     def broker_ready(self) -> bool:
         """The requests topic's partitions are known (a metadata answer from the broker)."""
+        producer = self.producer
         try:
-            return bool(self.producer.partitions_for(self.settings.requests_topic))
-        except Exception:  # no broker: the producer cannot be made, or metadata does not come
+            return producer is not None and bool(producer.partitions_for(self.settings.requests_topic))
+        except Exception:  # metadata did not come
             return False
 
     async def close(self) -> None:
@@ -95,8 +109,8 @@ class Services:
         await run_in_threadpool(self._close_clients)
 
     def _close_clients(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
+        if self.producer is not None:
+            self.producer.close(timeout=5)
         self.client.close()
 
 
@@ -135,7 +149,8 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
     app.add_middleware(RequestMetrics)
 
     def require(scope: str):
-        def check(request: Request) -> ApiKey:
+        # async: a sync dependency would cost every request a hop through the thread pool
+        async def check(request: Request) -> ApiKey:
             presented = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
             # Basic first: browsers answer the first scheme they know (the review page); API clients send Bearer
             challenge = {"WWW-Authenticate": 'Basic realm="dfd-api", charset="UTF-8", Bearer realm="dfd-api"'}
@@ -163,7 +178,7 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
 
     # -- health ------------------------------------------------------------------------------
     @app.get("/healthz", response_class=PlainTextResponse, tags=["health"])
-    def healthz() -> str:
+    async def healthz() -> str:
         """Liveness: the process answers."""
         return "ok\n"
 
@@ -199,13 +214,16 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/v1/verdicts/{request_id}", tags=["verdicts"], responses={404: {"description": "no verdict (yet, or expired)"}})
-    def verdict_by_id(request_id: Annotated[str, Path(max_length=256)], _: Annotated[ApiKey, reader]) -> dict[str, Any]:
+    @app.get("/v1/verdicts/{request_id}", tags=["verdicts"], response_class=Response,
+             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}, "description": "the verdict (docs/streaming.md)"},
+                        404: {"description": "no verdict (yet, or expired)"}})
+    async def verdict_by_id(request_id: Annotated[str, Path(max_length=256)], _: Annotated[ApiKey, reader]) -> Response:
         """The cached verdict of a request."""
-        verdict = services.cache.get(request_id)
-        if verdict is None:
+        # the bytes the worker stored (its encode_verdict): decoding and re-encoding cost more than the lookup
+        body = await run_in_threadpool(services.cache.get_json, request_id)
+        if body is None:
             raise HTTPException(404, "no verdict for this request id (not done yet, expired, or unknown)")
-        return verdict.to_dict()
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/verdicts", tags=["verdicts"], responses={404: {"description": "no verdict for this content"}})
     def verdict_by_content(

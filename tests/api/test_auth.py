@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 
@@ -42,6 +43,9 @@ def test_keys_are_accepted_in_x_api_key_and_basic_auth(api):
 def test_health_needs_no_key(api):
     with api.client(key=None) as http:
         assert http.get("/healthz").status_code == 200
+        deadline = time.monotonic() + 20  # the producer connects in the background
+        while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert http.get("/readyz").status_code == 200
         assert "dfd_api_requests_total" in http.get("/metrics").text
 

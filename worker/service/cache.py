@@ -103,6 +103,19 @@ class VerdictCache:
     def get(self, request_id: str) -> Verdict | None:
         return self._read(request_key(self.prefix, request_id))
 
+    def get_json(self, request_id: str) -> bytes | None:
+        """The verdict JSON as the worker stored it (dfd-api serves it without decoding), or None."""
+        if self._in_outage():
+            metrics.FAILURES.labels("cache_read").inc()
+            return None
+        try:
+            return self.client.get(request_key(self.prefix, request_id))
+        except redis.RedisError as exc:
+            self._outage()
+            metrics.FAILURES.labels("cache_read").inc()
+            log.warning("cache_read_failed", request_id=request_id, error=str(exc))
+            return None
+
     def thumbnail(self, request_id: str, index: int) -> bytes | None:
         """JPEG of the verdict's face `index`, when the worker stored thumbnails (DFD_STORE_THUMBNAILS)."""
         try:
