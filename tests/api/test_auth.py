@@ -22,6 +22,17 @@ def test_no_key_or_an_unknown_key_is_401_with_a_challenge(api):
         assert "Basic" in r.headers["www-authenticate"] and "Bearer" in r.headers["www-authenticate"]
 
 
+def test_without_a_key_file_everything_but_health_is_401(stack):
+    from api.keys import KeyStore
+
+    served, stop = serve(stack.settings(), KeyStore(), run_indexer=False)
+    try:
+        with served.client(BOTH_KEY) as http:
+            assert [http.get(p).status_code for p in ("/v1/verdicts/x", "/review", "/healthz")] == [401, 401, 200]
+    finally:
+        stop()
+
+
 def test_a_key_without_the_scope_is_403(api):
     with api.client(key=READ_KEY) as http:
         assert http.post("/v1/scans", json=SCAN).status_code == 403

@@ -92,3 +92,20 @@ def test_select_and_timeline_pure():
     assert [v.request_id for v in select([a, b, c], None, None, "score_asc", 2)] == ["a", "b"]
     line = timeline(b)
     assert line["faces"] == [0.0, 100.0] and [f["index"] for f in line["frames"]] == [0, 1]
+
+
+def test_index_keeps_the_newest_within_the_ttl(stack):
+    from api.recent import RecentIndex, recent_key
+    from worker.service.messages import encode_verdict
+
+    settings = stack.settings(redis_ttl_s=3600)
+    index = RecentIndex(VerdictCache.from_settings(settings), max_entries=3)
+    now = time.time()
+    verdicts = [make_verdict(f"i-{n}") for n in range(5)]
+    for n, v in enumerate(verdicts):
+        v.created_at = now - 10 * (5 - n)
+    expired = make_verdict("i-old")
+    expired.created_at = now - 7200
+    assert index.add([encode_verdict(v) for v in [*verdicts, expired]] + [b"not json", b'{"no": "id"}']) == 6
+    kept = index.cache.client.zrange(recent_key(settings.redis_key_prefix), 0, -1)
+    assert [k.decode() for k in kept] == ["i-2", "i-3", "i-4"]

@@ -88,6 +88,20 @@ def test_4xx_is_not_retried_and_attempts_are_bounded(receiver):
     assert len(receiver.got) == 1 + 3
 
 
+@pytest.mark.parametrize("status, attempts, outcome", [(429, 2, "delivered"), (408, 2, "delivered"), (302, 1, "rejected"), (404, 1, "rejected")])
+def test_which_answers_are_retried(receiver, status, attempts, outcome):
+    receiver.statuses = [status]
+    assert deliver(receiver.url, b"{}", "d", hook_settings(), sleep=lambda s: None) == outcome
+    assert len(receiver.got) == attempts
+
+
+def test_backoff_is_capped_at_five_minutes(receiver):
+    receiver.statuses = [500] * 4
+    sleeps = []
+    deliver(receiver.url, b"{}", "d", hook_settings(webhook_backoff_s=200, webhook_max_attempts=4), sleep=sleeps.append)
+    assert sleeps == [200, 300, 300]
+
+
 def test_private_addresses_are_refused_by_the_fetchers_ssrf_guard(receiver):
     guarded = hook_settings().replace(http_allow_private=False)
     for url in (receiver.url, "http://169.254.169.254/latest/meta-data", "http://[::1]:9/x", "http://10.0.0.1/x"):
