@@ -6,7 +6,10 @@ A private Tansu broker and Redis, 10,000 realistic verdicts (10 faces each) plan
 cache, `dfd-api serve` in its own process, then:
 - throughput: `wrk` (Debian's, a second process, 16 connections, random ids) on
   GET /v1/verdicts/{id} with an API key, and, as the baseline in the same run, on /healthz
-  (no key, no Redis): the framework's ceiling on this machine;
+  (no key, no Redis): the framework's ceiling on this machine. Besides requests/s, the CPU
+  milliseconds per request of dfd-api, Redis and wrk (from /proc and getrusage), and the
+  rate 2 idle cores would sustain at that cost: a shared machine's other load stretches
+  wall-clock rates far more than CPU per request;
 - latency at a fixed rate: an open-loop generator (a second process, below) sends `--rate`
   requests/s on schedule and times each from its scheduled start (so a stall counts against
   every request queued behind it), p50/p99/max.
@@ -21,6 +24,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,16 +57,41 @@ def _plant(settings, n: int) -> list[str]:
     return ids
 
 
-def _wrk(url: str, path_lua: str | None, seconds: int, connections: int = 16) -> dict:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children, from /proc."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _cpu_s(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def _wrk(url: str, path_lua: str | None, seconds: int, servers: dict[str, int], connections: int = 16) -> dict:
+    """wrk's figures, plus the CPU milliseconds per request each server process and wrk spent:
+    a shared machine's other load stretches wall-clock rates far more than CPU per request."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if path_lua:
         cmd += ["-s", path_lua]
+    before = {name: _cpu_s(pid) for name, pid in servers.items()}
+    rusage = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+    cpu_ms = {name: round((_cpu_s(pid) - before[name]) * 1000 / requests, 3) for name, pid in servers.items()}
+    cpu_ms["wrk"] = round((after.ru_utime + after.ru_stime - rusage.ru_utime - rusage.ru_stime) * 1000 / requests, 3)
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "requests": requests, "cpu_ms_per_request": cpu_ms,
+            # what 2 otherwise idle cores would sustain if CPU were the only limit (server + Redis + wrk)
+            "cpu_bound_rps_on_2_cores": round(2000 / sum(cpu_ms.values()))}
 
 
 # --- the open-loop generator (run as its own process: python -m benchmarks.api --open-loop ...) ----
@@ -155,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             f'request = function()\n  return wrk.format("GET", string.format("/v1/verdicts/bench-%06d", math.random(0, n - 1)),'
             f' {{["Authorization"] = "Bearer {KEY}"}})\nend\n'
         )
-        _wrk(url + "/healthz", None, 2)  # warm up
-        baseline = _wrk(url + "/healthz", None, args.seconds)
-        lookups = _wrk(url + "/v1/verdicts/x", str(lua), args.seconds)
+        servers = {"api": api.pid, "redis": procs[1].pid}
+        _wrk(url + "/healthz", None, 2, servers)  # warm up
+        baseline = _wrk(url + "/healthz", None, args.seconds, servers)
+        lookups = _wrk(url + "/v1/verdicts/x", str(lua), args.seconds, servers)
         paced = json.loads(subprocess.run(
             [sys.executable, "-m", "benchmarks.api", "--open-loop", url, str(work / "ids.json"),
              "--rate", str(args.rate), "--seconds", str(args.seconds)],
@@ -165,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "cores": os.cpu_count(), "load_average_1m": os.getloadavg()[0], "uvicorn_workers": args.workers,
             "baseline_healthz": baseline, "lookup_by_id": lookups,
-            "lookup_vs_healthz": round(lookups["rps"] / baseline["rps"], 3), "paced": paced,
+            "lookup_vs_healthz": round(lookups["rps"] / baseline["rps"], 3),
+            "lookup_vs_healthz_cpu": round(sum(lookups["cpu_ms_per_request"].values()) / sum(baseline["cpu_ms_per_request"].values()), 2),
+            "paced": paced,
         }
         print(json.dumps(report, indent=2))
         return 0
