@@ -138,6 +138,12 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
         lifespan=lifespan,
     )
     app.state.services = services
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis_unavailable", path=request.url.path, error=str(exc))
+        return JSONResponse({"detail": "the verdict cache is unavailable; try again"}, status_code=503)
+
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     if settings.api_cors_origins:  # closed unless origins are named
         from fastapi.middleware.cors import CORSMiddleware
@@ -216,11 +222,13 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
 
     @app.get("/v1/verdicts/{request_id}", tags=["verdicts"], response_class=Response,
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}, "description": "the verdict (docs/streaming.md)"},
-                        404: {"description": "no verdict (yet, or expired)"}})
+                        404: {"description": "no verdict (yet, or expired)"}, 503: {"description": "Redis is unavailable"}})
     async def verdict_by_id(request_id: Annotated[str, Path(max_length=256)], _: Annotated[ApiKey, reader]) -> Response:
         """The cached verdict of a request."""
         # the bytes the worker stored (its encode_verdict): decoding and re-encoding cost more than the lookup
         body = await run_in_threadpool(services.cache.get_json, request_id)
+        if body is None and services.cache.in_outage():
+            raise HTTPException(503, "the verdict cache is unavailable; try again")
         if body is None:
             raise HTTPException(404, "no verdict for this request id (not done yet, expired, or unknown)")
         return Response(body, media_type="application/json")

@@ -32,3 +32,20 @@ def test_verdict_by_content_hash_with_and_without_model(api):
     assert by_any.json()["request_id"] == by_model.json()["request_id"] == "h-1"
     assert other_model.status_code == 404
     assert not_hex.status_code == absent.status_code == 422
+
+
+def test_redis_down_is_503_or_a_miss_never_a_crash(stack):
+    from tests.api.conftest import serve
+    from worker.localstack import free_port
+
+    nowhere = stack.settings().replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    served, stop = serve(nowhere, run_indexer=False)
+    try:
+        with served.client() as http:
+            codes = {path: http.get(path, params=params).status_code for path, params in [
+                ("/v1/verdicts/x", {}), ("/v1/verdicts", {"sha256": "ab" * 32}), ("/review", {}),
+                ("/v1/verdicts/stream", {}), ("/readyz", {}),
+            ]}
+    finally:
+        stop()
+    assert codes == {"/v1/verdicts/x": 503, "/v1/verdicts": 503, "/review": 503, "/v1/verdicts/stream": 503, "/readyz": 503}

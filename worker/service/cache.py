@@ -116,6 +116,10 @@ class VerdictCache:
             log.warning("cache_read_failed", request_id=request_id, error=str(exc))
             return None
 
+    def in_outage(self) -> bool:
+        """True for OUTAGE_BACKOFF_S after a failed Redis call (a None just now may mean 'Redis away')."""
+        return self._in_outage()
+
     def thumbnail(self, request_id: str, index: int) -> bytes | None:
         """JPEG of the verdict's face `index`, when the worker stored thumbnails (DFD_STORE_THUMBNAILS)."""
         try:
