@@ -16,8 +16,6 @@ from worker.localstack import free_port
 from worker.settings import Settings
 from worker.types import FaceResult, ModelInfo, Verdict
 
-pytestmark = pytest.mark.broker
-
 READ_KEY, SUBMIT_KEY, BOTH_KEY = "k-read-0123456789", "k-submit-0123456789", "k-both-0123456789"
 KEYS = KeyStore({
     hash_key(READ_KEY): ApiKey("reader", frozenset({"read"})),

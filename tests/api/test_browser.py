@@ -34,8 +34,11 @@ def _install_browser() -> tuple[str, Path]:
     if missing:
         if not (shutil.which("apt-get") and os.geteuid() == 0):
             pytest.skip(f"{', '.join(missing)} missing and apt-get is not usable here (not root)")
-        done = subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        done = subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True, env=env)
+        if done.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            done = subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             pytest.skip(f"apt-get install {' '.join(missing)} failed: {done.stderr[-500:]}")
     prefix = cache_dir() / "playwright-core"
