@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         api = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--workers", str(args.workers)],
                                env=env, stdout=open(work / "api.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(api)
-        wait_port("127.0.0.1", api_port, 30, api)
+        wait_port("127.0.0.1", api_port, 120, api)  # workers > 1 start slowly on a busy machine
         url = f"http://127.0.0.1:{api_port}"
         lua = work / "ids.lua"
         lua.write_text(
