@@ -136,6 +136,8 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
             "(browsers: HTTP Basic with the key as password). Scopes: `read`, `submit`. See docs/api.md."
         ),
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load scripts from CDNs: the document is at /openapi.json
+        redoc_url=None,
     )
     app.state.services = services
 

@@ -115,6 +115,8 @@ def install(app: FastAPI, services, reader) -> None:
     ) -> HTMLResponse:
         """One verdict: its faces (thumbnails, boxes, scores) along the video's timeline, threshold, model, notice."""
         verdict = await run_in_threadpool(services.cache.get, request_id)
+        if verdict is None and services.cache.in_outage():
+            raise HTTPException(503, "the verdict cache is unavailable; try again")
         if verdict is None:
             raise HTTPException(404, "no verdict for this request id")
         thumbs = await run_in_threadpool(services.cache.thumbnail_count, request_id)

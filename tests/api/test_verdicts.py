@@ -43,9 +43,9 @@ def test_redis_down_is_503_or_a_miss_never_a_crash(stack):
     try:
         with served.client() as http:
             codes = {path: http.get(path, params=params).status_code for path, params in [
-                ("/v1/verdicts/x", {}), ("/v1/verdicts", {"sha256": "ab" * 32}), ("/review", {}),
+                ("/v1/verdicts/x", {}), ("/v1/verdicts", {"sha256": "ab" * 32}), ("/review", {}), ("/review/x", {}),
                 ("/v1/verdicts/stream", {}), ("/readyz", {}),
             ]}
     finally:
         stop()
-    assert codes == {"/v1/verdicts/x": 503, "/v1/verdicts": 503, "/review": 503, "/v1/verdicts/stream": 503, "/readyz": 503}
+    assert codes == {"/v1/verdicts/x": 503, "/v1/verdicts": 503, "/review": 503, "/review/x": 503, "/v1/verdicts/stream": 503, "/readyz": 503}
