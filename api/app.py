@@ -279,6 +279,8 @@ def create_app(settings: Settings, keys: KeyStore | None = None, *, run_indexer:
         """Validate a scan request exactly as the worker does, publish it; 202 with its id (or 200 with the verdict)."""
         body = await request.body()
         parsed = parse_request(_with_request_id(body), settings.max_message_bytes)
+        if not isinstance(parsed, Rejected) and not _encodable(parsed.request_id):
+            parsed = Rejected("invalid", "request_id must be valid Unicode (no lone surrogates)")
         if isinstance(parsed, Rejected):
             metrics.SCANS_REJECTED.labels(parsed.code).inc()
             return JSONResponse({"detail": parsed.reason, "code": parsed.code}, status_code=413 if parsed.code == "oversized" else 422)
@@ -324,6 +326,15 @@ def _openapi_with_security(app: FastAPI) -> dict[str, Any]:
                     })
         app.openapi_schema = doc
     return app.openapi_schema
+
+
+def _encodable(text: str) -> bool:
+    """JSON may carry lone surrogates ("\\ud800"): such an id cannot become a Kafka key or a Redis key."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _with_request_id(body: bytes) -> bytes:

@@ -43,6 +43,9 @@ def test_invalid_requests_get_parse_requests_code_and_reason(api):
             assert (r.status_code, r.json()["code"]) == (422, code), body
         bad_callback = http.post("/v1/scans", json={"schema_version": 1, "uri": "a.mp4", "callback_url": "ftp://x/y"})
         not_json = http.post("/v1/scans", content=b"\xff\xfe", headers={"Content-Type": "application/json"})
+        surrogate = http.post("/v1/scans", content=b'{"schema_version": 1, "request_id": "a\\ud800", "uri": "a.mp4"}',
+                              headers={"Content-Type": "application/json"})
+    assert surrogate.status_code == 422 and surrogate.json()["code"] == "invalid"
     assert bad_callback.status_code == 422 and "callback_url" in bad_callback.json()["detail"]
     assert not_json.status_code == 422 and not_json.json()["code"] == "malformed"
     assert read_topic(api.settings.kafka_bootstrap, api.settings.requests_topic, timeout_s=3, idle_s=1.5) == []
