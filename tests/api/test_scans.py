@@ -76,3 +76,15 @@ def test_submitting_without_a_broker_is_503_not_a_crash(stack):
         stop()
     assert r.status_code == 503 and "broker" in json.loads(r.text)["detail"]
     assert ready.status_code == 503 and "broker=False" in ready.text
+
+
+def test_a_request_over_the_message_limit_is_413_oversized(stack):
+    from tests.api.conftest import serve
+
+    served, stop = serve(stack.settings(max_message_bytes=500, api_max_body_bytes=65536), run_indexer=False)
+    try:
+        with served.client() as http:
+            r = http.post("/v1/scans", json={"schema_version": 1, "uri": "a.mp4", "metadata": {"pad": "x" * 1000}})
+    finally:
+        stop()
+    assert r.status_code == 413 and r.json()["code"] == "oversized"
