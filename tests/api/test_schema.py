@@ -32,6 +32,7 @@ schema = schemathesis.openapi.from_dict(json.loads(DOCUMENT.read_text())).exclud
 
 
 @schema.parametrize()
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")  # from schemathesis' own strategies
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors_on_generated_requests(case, live):
     case.call_and_validate(base_url=live.url, headers={"Authorization": f"Bearer {BOTH_KEY}"}, checks=[not_a_server_error])
