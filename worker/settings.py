@@ -132,6 +132,27 @@ class Settings:
     http_port: int = _opt(8080, "Port of /healthz, /readyz and /metrics (0: disabled).")
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_format: str = _opt("json", "json (one object per line) or console.")
+    # --- dfd-api (HTTP API, review page, webhooks; see docs/api.md) ------------------
+    store_thumbnails: bool = _opt(
+        False, "Worker: store 96 px JPEG face crops with each verdict in Redis (same TTL), for dfd-api's review page."
+    )
+    api_port: int = _opt(8000, "Port dfd-api serves the API, the review page and its /healthz, /readyz, /metrics on.")
+    api_keys_file: str = _opt(
+        "", "dfd-api's key file: one key per line, `<sha256 of the key> <name> <scopes: read,submit>`. Empty: every /v1 call and the review page answer 401."
+    )
+    api_rate_limit_per_s: float = _opt(50.0, "Requests per second each API key may make (token bucket, per dfd-api replica).")
+    api_rate_burst: int = _opt(100, "Requests an API key may make at once before its rate limit applies.")
+    api_max_body_bytes: int = _opt(65536, "Largest request body dfd-api reads; larger ones are answered 413.")
+    api_max_wait_s: float = _opt(60.0, "Longest long-poll (`POST /v1/scans?wait=S`) dfd-api allows.")
+    api_cors_origins: tuple[str, ...] = _opt((), "Origins allowed to call dfd-api from a browser (comma-separated). Empty: CORS closed.")
+    api_group_id: str = _opt(
+        "dfd-api", "Consumer group prefix of dfd-api's results consumers (`<prefix>-index`, `<prefix>-webhooks`)."
+    )
+    api_recent_max: int = _opt(10000, "Verdicts kept in the review page's index of recent verdicts.")
+    webhook_secret: str = _opt("", "Key of the HMAC-SHA256 signature on webhook deliveries (required by `dfd-api webhooks`).", secret=True)
+    webhook_max_attempts: int = _opt(6, "Attempts to deliver one webhook before it is given up.")
+    webhook_backoff_s: float = _opt(1.0, "First webhook retry delay; doubled at each attempt.")
+    webhook_timeout_s: float = _opt(10.0, "Connect and read timeout of one webhook delivery attempt.")
 
     # ---------------------------------------------------------------------------
     @classmethod

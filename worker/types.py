@@ -46,15 +46,19 @@ class ScanRequest:
     uri: str
     sha256: str | None = None  # expected content hash; a mismatch is an error verdict
     metadata: dict[str, Any] = field(default_factory=dict)  # passed through to the verdict
+    callback_url: str | None = None  # dfd-api's webhook sender POSTs the verdict here
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "schema_version": REQUEST_SCHEMA_VERSION,
             "request_id": self.request_id,
             "uri": self.uri,
             "sha256": self.sha256,
             "metadata": self.metadata,
         }
+        if self.callback_url is not None:
+            doc["callback_url"] = self.callback_url
+        return doc
 
 
 @dataclass
@@ -170,6 +174,9 @@ class Verdict:
     near_duplicate: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     schema_version: int = VERDICT_SCHEMA_VERSION
+    callback_url: str | None = None  # the request's, carried for dfd-api's webhook sender
+    # 96 px JPEG face crops, one per face, stored beside the verdict in Redis (never in the JSON)
+    thumbnails: list[bytes] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
@@ -207,6 +214,7 @@ class Verdict:
             "cached": self.cached,
             "near_duplicate": self.near_duplicate,
             "created_at": self.created_at,
+            **({"callback_url": self.callback_url} if self.callback_url is not None else {}),
         }
 
     @classmethod
@@ -215,7 +223,7 @@ class Verdict:
         known = {f.name for f in dataclasses.fields(ModelInfo)}
         model = ModelInfo(**{k: v for k, v in d["model"].items() if k in known}) if d.get("model") else None
         faces = [FaceResult(**f) for f in d.get("faces", [])]
-        keep = {f.name for f in dataclasses.fields(cls)} - {"model", "faces"}
+        keep = {f.name for f in dataclasses.fields(cls)} - {"model", "faces", "thumbnails"}
         return cls(model=model, faces=faces, **{k: v for k, v in d.items() if k in keep})
 
     @classmethod
@@ -227,5 +235,6 @@ class Verdict:
             reason=exc.reason,
             error_code=exc.code,
             metadata=request.metadata,
+            callback_url=request.callback_url,
             **extra,
         )

@@ -44,7 +44,7 @@ def run_commands(commands) -> str:
 
 
 def test_dockerfiles_found():
-    assert [p.name for p in ALL_DOCKERFILES] == ["Dockerfile.bundle", "Dockerfile.cpu", "Dockerfile.gpu"]
+    assert [p.name for p in ALL_DOCKERFILES] == ["Dockerfile.api", "Dockerfile.bundle", "Dockerfile.cpu", "Dockerfile.gpu"]
 
 
 @pytest.mark.parametrize("path", ALL_DOCKERFILES, ids=lambda p: p.name)

@@ -218,6 +218,7 @@ class Scanner:
         dropped = np.zeros(len(videos), np.int64)
         for (vi, _), dets in zip(frames, detections):
             dropped[vi] += getattr(dets, "dropped", 0)
+        thumbs = thumbnail_jpegs(np.concatenate(crops)) if crops and self.settings.store_thumbnails else None
         verdicts = []
         for vi, video in enumerate(videos):
             # Batched stage times are shared out by each video's share of the work.
@@ -231,6 +232,8 @@ class Scanner:
                 if owner == vi
             ]
             verdicts.append(self._verdict(video, faces, timings, faces_dropped=int(dropped[vi])))
+            if thumbs is not None:
+                verdicts[-1].thumbnails = [t for (owner, _, _), t in zip(owners, thumbs) if owner == vi]
         return verdicts
 
     def _verdict(
@@ -249,6 +252,7 @@ class Scanner:
             content_sha256=video.content_sha256,
             timings_ms=timings,
             metadata=req.metadata,
+            callback_url=req.callback_url,
         )
         if not faces:
             return Verdict(
@@ -323,7 +327,20 @@ def _read_image(path: Path) -> tuple[list[Frame], VideoInfo]:
 
 def _readdress(cached: Verdict, request: ScanRequest) -> Verdict:
     """A verdict found by content hash, answered for this request."""
-    return dataclasses.replace(cached, request_id=request.request_id, uri=request.uri, metadata=request.metadata, cached=True)
+    return dataclasses.replace(
+        cached, request_id=request.request_id, uri=request.uri, metadata=request.metadata,
+        callback_url=request.callback_url, cached=True, thumbnails=None,
+    )
+
+
+def thumbnail_jpegs(crops: np.ndarray, size: int = 96) -> list[bytes]:
+    """Small JPEGs of the face crops (RGB uint8 [K, H, W, 3]) for the review page (DFD_STORE_THUMBNAILS)."""
+    out = []
+    for crop in crops:
+        small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        out.append(jpeg.tobytes() if ok else b"")
+    return out
 
 
 def _ms_since(t0: float) -> float:

@@ -3,6 +3,7 @@
 Key scheme (prefix from settings.redis_key_prefix, default `dfd`):
     {prefix}:verdict:req:{request_id}                         -> verdict JSON
     {prefix}:verdict:sha:{content_sha256}:{model_sha256[:16]} -> verdict JSON
+    {prefix}:verdict:thumbs:{request_id}                      -> list of JPEG face crops (optional)
 The second key lets a video sent again be answered without decoding it, but only by the
 same model. Redis being down never stops the worker: each failure is counted and logged,
 the call returns None/False, and redis-py reconnects on the next command. After a failure
@@ -38,16 +39,24 @@ def content_key(prefix: str, content_sha256: str, model_sha256: str) -> str:
     return f"{prefix}:verdict:sha:{content_sha256}:{model_sha256[:16]}"
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A Redis client from settings (URL, password override, TLS CA), with short timeouts."""
-    kwargs: dict = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0, "health_check_interval": 15}
+def thumbnails_key(prefix: str, request_id: str) -> str:
+    """A list of JPEG face crops, one per face of the verdict, in order (DFD_STORE_THUMBNAILS)."""
+    return f"{prefix}:verdict:thumbs:{request_id}"
+
+
+def connect(settings: Settings, client_class: type = redis.Redis, **overrides) -> redis.Redis:
+    """A Redis client from settings (URL, password override, TLS CA), with short timeouts.
+
+    `client_class` may be `redis.asyncio.Redis` (dfd-api), `overrides` change the defaults.
+    """
+    kwargs: dict = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0, "health_check_interval": 15, **overrides}
     if settings.redis_password:
         kwargs["password"] = settings.redis_password
     if settings.redis_url.startswith("rediss://"):
         kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         if settings.redis_ssl_ca:
             kwargs["ssl_ca_certs"] = settings.redis_ssl_ca
-    return redis.Redis.from_url(settings.redis_url, **kwargs)
+    return client_class.from_url(settings.redis_url, **kwargs)
 
 
 class VerdictCache:
@@ -78,6 +87,11 @@ class VerdictCache:
             # error verdicts are about the request (bad URI, timeout), not the content: never reuse them
             if verdict.label != LABEL_ERROR and verdict.content_sha256 and verdict.model and not verdict.cached:
                 pipe.set(content_key(self.prefix, verdict.content_sha256, verdict.model.sha256), body, ex=self.ttl_s)
+            if verdict.thumbnails:
+                thumbs = thumbnails_key(self.prefix, verdict.request_id)
+                pipe.delete(thumbs)
+                pipe.rpush(thumbs, *verdict.thumbnails)
+                pipe.expire(thumbs, self.ttl_s)
             pipe.execute()
             return True
         except redis.RedisError as exc:
@@ -88,6 +102,38 @@ class VerdictCache:
 
     def get(self, request_id: str) -> Verdict | None:
         return self._read(request_key(self.prefix, request_id))
+
+    def get_json(self, request_id: str) -> bytes | None:
+        """The verdict JSON as the worker stored it (dfd-api serves it without decoding), or None."""
+        if self._in_outage():
+            metrics.FAILURES.labels("cache_read").inc()
+            return None
+        try:
+            return self.client.get(request_key(self.prefix, request_id))
+        except redis.RedisError as exc:
+            self._outage()
+            metrics.FAILURES.labels("cache_read").inc()
+            log.warning("cache_read_failed", request_id=request_id, error=str(exc))
+            return None
+
+    def in_outage(self) -> bool:
+        """True for OUTAGE_BACKOFF_S after a failed Redis call (a None just now may mean 'Redis away')."""
+        return self._in_outage()
+
+    def thumbnail(self, request_id: str, index: int) -> bytes | None:
+        """JPEG of the verdict's face `index`, when the worker stored thumbnails (DFD_STORE_THUMBNAILS)."""
+        try:
+            return self.client.lindex(thumbnails_key(self.prefix, request_id), index)
+        except redis.RedisError:
+            metrics.FAILURES.labels("cache_read").inc()
+            return None
+
+    def thumbnail_count(self, request_id: str) -> int:
+        try:
+            return int(self.client.llen(thumbnails_key(self.prefix, request_id)))
+        except redis.RedisError:
+            metrics.FAILURES.labels("cache_read").inc()
+            return 0
 
     def get_by_content(self, content_sha256: str, model_sha256: str) -> Verdict | None:
         if not self.lookup_by_content:

@@ -1,7 +1,7 @@
 """Kafka message bodies: request JSON -> ScanRequest (or a dead-letter reason), Verdict -> bytes.
 
 Requests are versioned JSON objects:
-    {"schema_version": 1, "request_id": "...", "uri": "...", "sha256": null, "metadata": {}}
+    {"schema_version": 1, "request_id": "...", "uri": "...", "sha256": null, "metadata": {}, "callback_url": null}
 Every byte of a request is attacker-controlled, so `parse_request` is total: whatever it is
 given, it returns a ScanRequest or a `Rejected` naming the cause (the runner dead-letters
 it), and never raises. The bounds it holds (docs/streaming.md, "Request"):
@@ -22,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -40,6 +41,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Linear: the optional closing quote means a match never fails, so it never backtracks.
 _STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"?', re.DOTALL)
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+MAX_CALLBACK_URL_CHARS = 2048
 
 # Header names on verdict messages, so consumers can route without parsing the body.
 HEADER_SCHEMA_VERSION = "dfd-schema-version"
@@ -141,7 +143,22 @@ def _parse(value: bytes | None, max_bytes: int) -> ScanRequest:
     size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise _Refusal("invalid", f"metadata is {size} bytes as JSON, the limit is {MAX_METADATA_BYTES}")
-    return ScanRequest(request_id=request_id, uri=uri, sha256=sha256, metadata=metadata)
+    callback_url = doc.get("callback_url")
+    if callback_url is not None and not is_callback_url(callback_url):
+        raise _Refusal("invalid", f"callback_url must be an http(s) URL with a host, at most {MAX_CALLBACK_URL_CHARS} characters")
+    return ScanRequest(request_id=request_id, uri=uri, sha256=sha256, metadata=metadata, callback_url=callback_url)
+
+
+def is_callback_url(value: object) -> bool:
+    """Shape only; where it points is checked by the webhook sender's SSRF guard at delivery."""
+    if not isinstance(value, str) or len(value) > MAX_CALLBACK_URL_CHARS or not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _nesting_depth(value: bytes) -> int:
