@@ -266,13 +266,17 @@ def held_out_figures(report: dict) -> dict:
     source = report["by_source"][split][HELD_OUT]
     out = {"split": split, "threshold": round(report["threshold"], 4)}
     for level in ("frame", "video"):
-        out[f"false_alarms_{level}"] = source[level]["fpr"]
-        out[f"recall_{level}"] = source[level]["recall"]
+        out[f"false_alarms_{level}"] = _round(source[level]["fpr"])
+        out[f"recall_{level}"] = _round(source[level]["recall"])
     # the held-out source's real faces against each kind of fake made from them
     for kind, m in report["by_source_manipulation"][split].get(HELD_OUT, {}).items():
-        out[f"auc_{kind}_frame"] = m["frame"]["auc"]
-        out[f"auc_{kind}_video"] = m["video"]["auc"]
+        out[f"auc_{kind}_frame"] = _round(m["frame"]["auc"])
+        out[f"auc_{kind}_video"] = _round(m["video"]["auc"])
     return out
+
+
+def _round(value):
+    return None if value is None else round(value, 3)
 
 
 # --- the sample clips `make demo` scans ---------------------------------------------------------

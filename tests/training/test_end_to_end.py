@@ -28,6 +28,11 @@ def chain(prepared, tmp_path_factory):
 def test_train_saves_a_model_with_its_preprocessing(chain, prepared):
     info = json.loads((chain / "model" / "dfd_training.json").read_text())
     assert info["input_size"] == 64 and info["base"] == "atto" and info["steps_run"] == 10
+    # the saved weights are the kept checkpoint's, and the step recorded is that checkpoint's
+    assert info["best_checkpoint"].endswith(f"checkpoint-{info['steps']}") and info["steps"] in (5, 10)
+    assert info["selection"] == {"metric": "auc", "tie_break": "lower validation loss"}
+    assert info["temperature"] > 0 and info["seed"] == 0
+    assert info["data_fingerprint"]["train"]["crops"] == info["train_crops"]
     assert info["crop"] == {"margin": Settings().crop_margin, "align": Settings().align_faces}
     history = [json.loads(line) for line in (chain / "log_history.jsonl").read_text().splitlines()]
     assert any("eval_auc" in h for h in history) and any("loss" in h for h in history)
@@ -57,6 +62,25 @@ def test_bundle_carries_thresholds_and_crop_settings(chain):
     assert bundle.input_size == 64 and bundle.crop_margin == Settings().crop_margin
     assert bundle.manifest["training"]["onnx_parity"]["max_abs_prob_diff"] < 1e-4
     assert bundle.metrics["test"]["video"]["n"] == 2
+    training = bundle.manifest["training"]
+    info = json.loads((chain / "model" / "dfd_training.json").read_text())
+    assert training["steps"] == info["steps"] and training["steps_run"] == 10
+    assert training["seed"] == 0 and training["data_fingerprint"] == info["data_fingerprint"]
+    assert training["temperature"] == pytest.approx(info["temperature"])
+
+
+def test_evaluation_by_source_and_manipulation(chain):
+    report = json.loads((chain / "report" / "evaluation.json").read_text())
+    # the manifest names no source: one source, "default", whose figures are the whole split's
+    for split in ("val", "test"):
+        assert set(report["by_source"][split]) == {"default"}
+        assert report["by_source"][split]["default"]["frame"] == report["splits"][split]["frame"]
+        assert set(report["by_manipulation"][split]) == {"real", "fake"}
+        real_only = report["by_manipulation"][split]["real"]["frame"]
+        assert real_only["n_fake"] == 0 and real_only["auc"] is None
+        assert real_only["fpr"] == report["splits"][split]["frame"]["fpr"]
+    md = (chain / "report" / "report.md").read_text()
+    assert "## By source" in md and "## By manipulation" in md and "## Source x manipulation" in md
 
 
 def test_worker_scans_with_the_bundle_and_sees_the_training_crops(chain, prepared, labelled_clips):
