@@ -69,3 +69,25 @@ def test_a_bundle_not_marked_demo_is_not_taken_for_the_demo(tmp_path, untrained_
     monkeypatch.setattr(demo, "build_demo", build)
     with pytest.raises(Rebuild, match=f"demo-work-{demo.DEMO_VERSION}"):
         demo.ensure_demo_bundle(tmp_path)
+
+
+@pytest.mark.slow
+def test_stack_demo_explains_each_input_marks_each_verdict_and_says_where_next(tmp_path, monkeypatch, capsys, untrained_bundle):
+    """`make demo`'s output (dfd-stack demo), on the untrained bundle so no demo build is needed."""
+    from worker import localstack
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # its own stack, samples and logs
+    assert localstack.demo(str(untrained_bundle.path)) == 0
+    out = capsys.readouterr().out
+    inputs, _, verdicts = out.partition("marked right or WRONG:")[2].partition("\n\n")
+    samples = demo.demo_samples(tmp_path / "deepfake-stream" / "demo")
+    for sample in samples:  # one line per input saying what it is, before any verdict
+        assert f"{sample.path.name:28} {sample.about}" in inputs
+    assert "/etc/hostname" in inputs and "refused on purpose" in inputs and "path guard" in inputs
+    lines = [line.split() for line in verdicts.splitlines() if line.strip() and not line.startswith("the carphone")]
+    marked = [words for words in lines if words[0] in ("right", "WRONG")]
+    assert len(marked) == len(samples) + 2  # every sample, the refused path, the cached repeat
+    assert [w[0:2] for w in marked if "no_face.mp4" in w] == [["right", "no_face"]]
+    assert [w[0:2] for w in marked if "hostname" in w] == [["right", "error"]]
+    assert "Where to go next" in out and "dfd-producer submit" in out and "dfd-train prepare" in out
+    assert "{'loss'" not in out and "Writing model shards" not in out
