@@ -369,11 +369,12 @@ def demo(model_dir: str | None = None) -> int:
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         print(f"worker: pid {worker.pid}, logs in {logs}", flush=True)
         settings = Settings.from_env(env)
+        next_steps, refused_about = _demo_texts()
         with ScanClient(settings) as client:
             requests = [ScanRequest(f"demo-{i}-{int(time.time())}", str(v)) for i, v in enumerate(videos)]
             requests.append(ScanRequest(f"demo-refused-{int(time.time())}", "/etc/hostname"))
             about = {r.request_id: (truth, text) for r, (_, truth, text) in zip(requests, samples)}
-            about[requests[-1].request_id] = ("error", REFUSED_ABOUT)
+            about[requests[-1].request_id] = ("error", refused_about)
             print(f"\nthe inputs ({len(requests)}), then each verdict as it arrives, marked right or WRONG:", flush=True)
             for r in requests:
                 print(f"  {r.uri.rsplit('/', 1)[-1]:28} {about[r.request_id][1]}", flush=True)
@@ -389,8 +390,8 @@ def demo(model_dir: str | None = None) -> int:
         notice = next((v.notice for v in got if v.notice), None)
         if notice:
             print(f"NOTE: {notice}")
-        if NEXT_STEPS:
-            print("\n" + NEXT_STEPS.format(bundle=bundle))
+        if next_steps:
+            print("\n" + next_steps.format(bundle=bundle))
         return 0 if len(got) == len(requests) + 1 else 1
     finally:
         if worker is not None and worker.poll() is None:
@@ -404,10 +405,13 @@ def demo(model_dir: str | None = None) -> int:
             print("stack stopped", flush=True)
 
 
-try:  # the sample explanations come with the training package
-    from training.demo import NEXT_STEPS, REFUSED_ABOUT
-except ImportError:
-    NEXT_STEPS, REFUSED_ABOUT = "", "refused on purpose: outside DFD_ALLOWED_ROOTS (the path guard)"
+def _demo_texts() -> tuple[str, str]:
+    """(where to go next, why /etc/hostname is refused): from the training package when installed."""
+    try:
+        from training.demo import NEXT_STEPS, REFUSED_ABOUT
+    except ImportError:
+        return "", "refused on purpose: outside DFD_ALLOWED_ROOTS (the worker's path guard)"
+    return NEXT_STEPS, REFUSED_ABOUT
 
 
 def _judge(truth: str | None, label: str) -> str:
