@@ -120,3 +120,14 @@ def test_hyperparameter_search_with_optuna(prepared, tmp_path):
     search = info["hyperparameter_search"]
     assert set(search["best"]) == {"learning_rate", "weight_decay", "per_device_train_batch_size"}
     assert 0.0 <= search["objective"] <= 1.0
+
+
+def test_thresholds_can_be_tuned_on_part_of_validation(chain, prepared, tmp_path):
+    from training.dataset import DataError
+    from training.evaluate import evaluate
+
+    everything = json.loads((chain / "report" / "evaluation.json").read_text())
+    same = evaluate(chain / "model", prepared, tmp_path / "a", tsne=False, progress=False, tune_on=["source=default"])
+    assert same["thresholds"] == pytest.approx(everything["thresholds"]) and same["tuned_on"] == ["source=default"]
+    with pytest.raises(DataError, match="--tune-on manipulation=fake: the validation rows it keeps .* lack a class"):
+        evaluate(chain / "model", prepared, tmp_path / "b", tsne=False, progress=False, tune_on=["manipulation=fake"])

@@ -85,3 +85,34 @@ def test_the_same_seed_trains_the_same_weights_on_cpu(prepared, tmp_path):
     train_rows = select(read_metadata(prepared), "train")
     assert info["data_fingerprint"]["train"]["crops"] == len(train_rows)
     assert len(info["data_fingerprint"]["train"]["sha256"]) == 64
+
+
+def test_fresh_blends_are_drawn_anew_and_stored_ones_are_not(prepared, tmp_path):
+    import shutil
+
+    import torch
+
+    from training.synth import synthesize
+
+    folder = tmp_path / "data"
+    shutil.copytree(prepared, folder)
+    synthesize(folder, progress=False)
+    rows = [r for r in read_metadata(folder) if r["manipulation"] == "self-blend"][:2]
+    fresh = CropDataset(folder, rows, 64, (0.5,) * 3, (0.25,) * 3, fresh_blends=True)
+    stored = CropDataset(folder, rows, 64, (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    first, second = fresh[0]["pixel_values"], fresh[0]["pixel_values"]
+    assert not torch.equal(first, second)  # a new blend at every draw
+    assert torch.equal(stored[0]["pixel_values"], stored[0]["pixel_values"])
+    assert not torch.equal(first, stored[0]["pixel_values"])
+
+
+@pytest.mark.slow
+def test_trainer_logs_go_to_the_file_and_one_bar_to_the_terminal(prepared, tmp_path, capsys):
+    log_file = tmp_path / "train.log"
+    train(prepared, tmp_path / "run", max_steps=2, eval_steps=1, batch_size=8, report_to=[], log_file=log_file)
+    captured = capsys.readouterr()
+    assert "'loss'" not in captured.out + captured.err and "eval_auc" not in captured.out + captured.err
+    assert "train: 100%" in captured.err  # the one progress bar
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any("eval_auc" in e for e in entries) and all("step" in e for e in entries)
