@@ -90,3 +90,23 @@ def test_report_to_a_tracker_that_is_not_installed_is_a_clear_error(prepared, tm
 def test_bad_filter_is_a_clear_error(prepared, tmp_path, capsys):
     assert cli.main(["train", str(prepared), str(tmp_path / "run"), "--exclude", "colour=red"]) == 2
     assert "expected FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_prepare_prints_no_onnx_session_lines(labelled_clips, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's code, in the child process too
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{labelled_clips / 'real' / 'clip0.mp4'},real\n")
+    quiet = subprocess.run([sys.executable, "-m", "training.cli", "prepare", str(manifest), str(tmp_path / "a"), "--input-size", "48"],
+                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": root}, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "prepared 1 video(s)" in quiet.stdout and "onnx session" not in quiet.stderr
+    verbose = subprocess.run([sys.executable, "-m", "training.cli", "-v", "prepare", str(manifest), str(tmp_path / "b"),
+                              "--input-size", "48"], capture_output=True, text=True, env=os.environ | {"PYTHONPATH": root},
+                             timeout=300)
+    assert verbose.returncode == 0 and "onnx session" in verbose.stderr  # still there with -v
