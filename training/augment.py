@@ -4,6 +4,11 @@ They mimic what happens to a video between a camera and the detector: recompress
 blur and downscaling, colour and exposure changes, mirroring. The self-blend traces a
 detector should learn survive mild versions of these; learning to ignore them is what
 keeps a model from keying on one data set's encoder settings.
+
+`Augment.cross_source()` is the stronger set the demo trains with: every source's look
+(resolution, sharpness, sensor noise, compression, colour or greyscale) is drawn at random
+for every crop, real or fake, so none of them tells a source apart, and a model that keys
+on "looks like the training footage" has nothing to key on.
 """
 
 from __future__ import annotations
@@ -23,17 +28,34 @@ class Augment:
     jpeg_quality: tuple[int, int] = (40, 95)
     blur: float = 0.2
     downscale: float = 0.2
+    downscale_range: tuple[float, float] = (0.5, 0.9)
     colour: float = 0.5
+    grey: float = 0.0
+    noise: float = 0.0
+    sharpen: float = 0.0
+
+    @classmethod
+    def cross_source(cls) -> "Augment":
+        # mild enough that a 64 px blend boundary survives most draws
+        return cls(jpeg=0.4, jpeg_quality=(50, 95), blur=0.15, downscale=0.25, downscale_range=(0.5, 0.9),
+                   colour=0.6, grey=0.2, noise=0.2, sharpen=0.1)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < self.flip:
             image = image[:, ::-1]
         if rng.random() < self.colour:
             image = colour_jitter(image, rng)
+        if rng.random() < self.grey:
+            image = np.repeat(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         if rng.random() < self.blur:
             image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.2))
+        elif rng.random() < self.sharpen:
+            soft = cv2.GaussianBlur(image, (0, 0), 1.0).astype(np.float32)
+            image = np.clip(image * 1.6 - soft * 0.6, 0, 255).astype(np.uint8)
         if rng.random() < self.downscale:
-            image = down_up(image, rng.uniform(0.5, 0.9))
+            image = down_up(image, rng.uniform(*self.downscale_range))
+        if rng.random() < self.noise:
+            image = np.clip(image + rng.normal(0, rng.uniform(2, 8), image.shape), 0, 255).astype(np.uint8)
         if rng.random() < self.jpeg:
             image = jpeg(image, int(rng.integers(*self.jpeg_quality)))
         return np.ascontiguousarray(image)

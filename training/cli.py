@@ -18,9 +18,19 @@ import sys
 
 from training.dataset import DataError
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 COMMANDS = {
     "prepare": ("training.prepare", "labelled videos -> face crops + metadata table"),
-    "synth": ("training.synth", "add self-blended pseudo-fakes made from real crops"),
+    "synth": ("training.synth", "add pseudo-fakes made from real crops: self-blends or face swaps"),
     "train": ("training.train", "fine-tune ConvNextV2ForImageClassification"),
     "evaluate": ("training.evaluate", "metrics, plots, threshold tuning, t-SNE, report"),
     "export": ("training.export", "ONNX export, parity check, model bundle"),
@@ -36,14 +46,16 @@ def main(argv=None) -> int:
         return init_bundle(argv[1:])
     parser = argparse.ArgumentParser(prog="dfd-train", description="Prepare data, train, evaluate and export deepfake classifiers for the worker.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, including the worker's (ONNX sessions, decoding)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         importlib.import_module(module).add_arguments(p)
     sub.add_parser("init-bundle", help="an untrained bundle (random weights): see `dfd-train init-bundle -h`")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the worker's INFO lines (ONNX sessions opened, ...) are noise in a training run
+        logging.getLogger("worker").setLevel(logging.WARNING)
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except DataError as exc:

@@ -34,12 +34,47 @@ META_FIELDS = [
     "det_score",
     # 5 landmarks in crop pixels (left eye, right eye, nose, mouth left, mouth right); synth needs them
     *[f"lm{i}{axis}" for i in range(5) for axis in "xy"],
+    "dataset",  # where the face comes from (a data set, a camera, a site): evaluation reports per value
+    "manipulation",  # real, self-blend, face-swap, or what the manifest names
+    "donor",  # face swap: the crop whose face was pasted in (the row's `source` is the target)
 ]
 VIDEO_FIELDS = ["video", "path", "label", "group", "split", "status", "reason", "frames", "faces"]
 
 
 class DataError(ValueError):
     """Input data that cannot be used, with a message that says what to fix."""
+
+
+def source_of(row: dict[str, str]) -> str:
+    return row.get("dataset") or "default"
+
+
+def manipulation_of(row: dict[str, str]) -> str:
+    """The row's manipulation; folders prepared before the column existed get real / self-blend / fake."""
+    if row.get("manipulation"):
+        return row["manipulation"]
+    if row["label"] == "real":
+        return "real"
+    return "self-blend" if row.get("origin") == "synth" else "fake"
+
+
+def _split_order(item: tuple[str, list]) -> int:
+    return SPLITS.index(item[0]) if item[0] in SPLITS else len(SPLITS)
+
+
+def check_groups(rows: list[dict[str, str]], where: str = "metadata.csv") -> None:
+    """Refuse a table where one group sits in two splits (its faces would leak across them),
+    naming for each such group every split with its crop count and an example crop."""
+    splits: dict[str, dict[str, list[str]]] = {}
+    for row in rows:
+        splits.setdefault(row["group"], {}).setdefault(row["split"], []).append(row["crop"])
+    clashes = [
+        f"group {group!r} is in " + " and ".join(f"{split} ({len(crops)} crops, e.g. {crops[0]})" for split, crops in sorted(by.items(), key=_split_order))
+        for group, by in splits.items() if len(by) > 1
+    ]
+    if clashes:
+        shown = "\n  ".join(clashes[:20]) + ("\n  ..." if len(clashes) > 20 else "")
+        raise DataError(f"{where}: {len(clashes)} group(s) in two splits:\n  {shown}")
 
 
 def split_for(group: str, val_fraction: float, test_fraction: float) -> str:
@@ -63,8 +98,15 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 
 def append_rows(path: Path, fields: list[str], rows: Iterable[dict]) -> None:
-    """Append rows, writing the header first when the file is new; flushed to disk at once."""
+    """Append rows, writing the header first when the file is new; flushed to disk at once.
+
+    A table written before a column was added is rewritten once with the new header."""
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != fields:
+            write_table(path, fields, read_table(path))
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
@@ -139,25 +181,32 @@ def save_rgb(path: Path, image: np.ndarray, jpeg_quality: int = 95) -> None:
 class CropDataset:
     """Crops as model inputs: `{"pixel_values": float32 [3,S,S], "labels": int}` per item.
 
-    Normalisation matches the bundle's (mean/std on 0..1 RGB), so training sees exactly what
-    the worker's FakeClassifier feeds the ONNX model. `augment` is applied to uint8 RGB
-    before normalising (training only).
+    Normalisation is the worker's own (`worker.models.classifier.normalise`, with the bundle's
+    mean/std), so training sees exactly what the FakeClassifier feeds the ONNX model.
+    `augment` is applied to uint8 RGB before normalising (training only). With
+    `fresh_blends`, a self-blend row is blended anew from its parent crop every time it is
+    drawn (as the SBI paper does), so the model never sees the same pseudo-fake twice.
     """
 
-    def __init__(self, folder: str | Path, rows: list[dict[str, str]], input_size: int, mean, std, augment=None):
+    def __init__(self, folder: str | Path, rows: list[dict[str, str]], input_size: int, mean, std, augment=None,
+                 fresh_blends: bool = False):
+        from worker.models.classifier import norm_constants
+
         self.folder = Path(folder)
         self.rows = rows
         self.input_size = input_size
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
+        self.scale, self.shift = norm_constants(mean, std)
         self.augment = augment
+        self.fresh_blends = fresh_blends
         self.labels = np.array([LABELS.index(r["label"]) for r in rows], np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def image(self, i: int) -> np.ndarray:
-        image = load_rgb(self.folder / self.rows[i]["crop"])
+        return self._resize(load_rgb(self.folder / self.rows[i]["crop"]))
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
         if image.shape[0] != self.input_size or image.shape[1] != self.input_size:
             interpolation = cv2.INTER_AREA if image.shape[0] > self.input_size else cv2.INTER_LINEAR
             image = cv2.resize(image, (self.input_size, self.input_size), interpolation=interpolation)
@@ -166,11 +215,35 @@ class CropDataset:
     def __getitem__(self, i: int) -> dict:
         import torch
 
-        image = self.image(i)
+        # Draw from torch's generator: the DataLoader seeds it differently in every worker
+        # process and epoch, where a numpy Generator would be copied into each worker as is.
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())) if self.augment or self.fresh_blends else None
+        row = self.rows[i]
+        if self.fresh_blends and row.get("manipulation") == "self-blend" and landmarks_of(row) is not None:
+            from training.synth import self_blend
+
+            parent = load_rgb(self.folder / row["source"])
+            image = self._resize(self_blend(parent, landmarks_of(row), rng)[0])
+        else:
+            image = self.image(i)
         if self.augment is not None:
-            # Draw from torch's generator: the DataLoader seeds it differently in every worker
-            # process and epoch, where a numpy Generator would be copied into each worker as is.
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             image = self.augment(image, rng)
-        x = (image.astype(np.float32) / 255.0 - self.mean) / self.std
-        return {"pixel_values": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), "labels": int(self.labels[i])}
+        from worker.models.classifier import normalise
+
+        x = normalise(np.ascontiguousarray(image)[None], self.scale, self.shift)[0]
+        return {"pixel_values": torch.from_numpy(x), "labels": int(self.labels[i])}
+
+
+def data_fingerprint(folder: str | Path, rows: list[dict[str, str]]) -> dict:
+    """What a model was trained on, in a form two runs can compare: a hash over every listed
+    crop's name, label, split and bytes, plus counts. Equal fingerprints mean the same data."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r["crop"]):
+        digest.update(f"{row['crop']}|{row['label']}|{row['split']}|{row['group']}\n".encode())
+        digest.update(hashlib.sha256((folder / row["crop"]).read_bytes()).digest())
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = f"{row['split']}/{row['label']}"
+        counts[key] = counts.get(key, 0) + 1
+    return {"sha256": digest.hexdigest(), "crops": len(rows), "by_split_label": dict(sorted(counts.items()))}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training import metrics
-from training.dataset import LABELS, CropDataset, DataError, check_two_classes, read_metadata, select
+from training.dataset import LABELS, CropDataset, DataError, check_two_classes, manipulation_of, read_metadata, select, source_of
 from worker.pipeline.aggregate import STRATEGIES, aggregate, frame_scores
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,19 @@ EVALUATION_FILE = "evaluation.json"
 # --- scoring ---------------------------------------------------------------------------------
 
 
-def score_crops(model, dataset: CropDataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(probability of fake [N], pooled embedding [N, D]) for every crop of the data set."""
+def score_crops(model, dataset: CropDataset, batch_size: int = 64, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(probability of fake [N], pooled embedding [N, D]) for every crop of the data set.
+
+    `desc`: show a progress bar with this label."""
     import torch
+    from tqdm import tqdm
 
     device = next(model.parameters()).device
     probs, embeddings = [], []
     model.eval()
+    starts = range(0, len(dataset), batch_size)
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
+        for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False):
             x = torch.stack([dataset[i]["pixel_values"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
             pooled = model.convnextv2(pixel_values=x).pooler_output
             logits = model.classifier(pooled)
@@ -175,6 +179,44 @@ def mistakes_grid(folder: Path, rows: list[dict], scores: np.ndarray, path: Path
     return worst
 
 
+# --- by source and by manipulation ----------------------------------------------------------
+
+
+def _summaries(rows: list[dict], scores: np.ndarray, frame_threshold: float, threshold: float, aggregation: str) -> dict:
+    fl, fs = frame_level(rows, scores)
+    vl, vs, _ = video_level(rows, scores, aggregation)
+    return {"crops": len(rows), "frame": metrics.summarize(fl, fs, frame_threshold).to_dict(),
+            "video": metrics.summarize(vl, vs, threshold).to_dict()}
+
+
+def breakdown(rows: list[dict], scores: np.ndarray, frame_threshold: float, threshold: float, aggregation: str):
+    """Every metric per source and per manipulation, as in DeepfakeBench's cross-data-set tables.
+
+    A source's figures take its real faces and the fakes made from them (a pseudo-fake keeps
+    its parent's source, a face swap its target's). A manipulation's figures take all real
+    faces of the split against that manipulation's fakes; for `real` itself only the false
+    alarms mean anything (AUC needs both classes and is left empty).
+    """
+    by_source, by_manipulation, cross = {}, {}, {}
+    sources = np.array([source_of(r) for r in rows])
+    manipulations = np.array([manipulation_of(r) for r in rows])
+    real = np.array([r["label"] == "real" for r in rows])
+
+    def summary(mask):
+        idx = np.flatnonzero(mask)
+        return _summaries([rows[i] for i in idx], scores[idx], frame_threshold, threshold, aggregation)
+
+    kinds = sorted(set(manipulations.tolist()), key=lambda m: (m != "real", m))
+    for value in sorted(set(sources.tolist())):
+        by_source[value] = summary(sources == value)
+        # the cross table: this source's real faces against each kind of fake made from them
+        cross[value] = {m: summary((sources == value) & (real | (manipulations == m)))
+                        for m in kinds if m != "real" and np.any((sources == value) & (manipulations == m))}
+    for value in kinds:
+        by_manipulation[value] = summary(real | (manipulations == value))
+    return by_source, by_manipulation, cross
+
+
 # --- the evaluation ---------------------------------------------------------------------------
 
 
@@ -189,6 +231,8 @@ def evaluate(
     tsne: bool = True,
     tsne_max: int = 1500,
     batch_size: int = 64,
+    progress: bool = True,
+    tune_on: list[str] = (),
 ) -> dict:
     """Evaluate, write plots + report.md + evaluation.json into `out`, return the summary."""
     import torch
@@ -214,12 +258,21 @@ def evaluate(
     model = ConvNextV2ForImageClassification.from_pretrained(model_dir).to(device)
     size, mean, std = info["input_size"], info["mean"], info["std"]
     sets = {"val": val_rows} | ({"test": test_rows} if has_test else {})
-    scored = {name: score_crops(model, CropDataset(data, r, size, mean, std), batch_size) for name, r in sets.items()}
+    scored = {name: score_crops(model, CropDataset(data, r, size, mean, std), batch_size, f"score {name}" if progress else None)
+              for name, r in sets.items()}
 
-    # thresholds: chosen on validation, at both levels, by every method (the bundle keeps all)
-    val_scores = scored["val"][0]
-    fl_val, fs_val = frame_level(val_rows, val_scores)
-    vl_val, vs_val, _ = video_level(val_rows, val_scores, aggregation)
+    # thresholds: chosen on validation (or the part of it `tune_on` names, e.g. a source never
+    # trained on), at both levels, by every method (the bundle keeps all)
+    from training.train import apply_filters
+
+    kept = {id(r) for r in apply_filters(val_rows, tune_on)}
+    tune_idx = [i for i, r in enumerate(val_rows) if id(r) in kept]
+    tune_rows = [val_rows[i] for i in tune_idx]
+    if tune_on and len({r["label"] for r in tune_rows}) < 2:
+        raise DataError(f"--tune-on {' '.join(tune_on)}: the validation rows it keeps ({len(tune_rows)}) lack a class")
+    val_scores = scored["val"][0][list(tune_idx)]
+    fl_val, fs_val = frame_level(tune_rows, val_scores)
+    vl_val, vs_val, _ = video_level(tune_rows, val_scores, aggregation)
     thresholds = {}
     for level, (lab, sc) in (("frame", (fl_val, fs_val)), ("video", (vl_val, vs_val))):
         for m, t in (("best_f1", None), ("target_fpr", target if method == "target_fpr" else None),
@@ -231,8 +284,10 @@ def evaluate(
     threshold = thresholds[f"video_{method}"]
     frame_threshold = thresholds.get(f"frame_{method}", 0.5)
 
-    report = {"method": method, "target": target, "aggregation": aggregation, "threshold": threshold,
-              "frame_threshold": frame_threshold, "thresholds": thresholds, "splits": {}, "aggregations": {}}
+    report = {"method": method, "target": target, "tuned_on": list(tune_on) or "validation", "aggregation": aggregation,
+              "threshold": threshold,
+              "frame_threshold": frame_threshold, "thresholds": thresholds, "splits": {}, "aggregations": {},
+              "by_source": {}, "by_manipulation": {}, "by_source_manipulation": {}}
     curves_frame, curves_video = {}, {}
     for name, split_rows in sets.items():
         scores = scored[name][0]
@@ -247,6 +302,8 @@ def evaluate(
         curves_frame[f"{name} frames"] = (fl, fs)
         curves_video[f"{name} videos"] = (vl, vs)
         report["aggregations"][name] = {s: metrics.roc_auc(*video_level(split_rows, scores, s)[:2]) for s in STRATEGIES}
+        report["by_source"][name], report["by_manipulation"][name], report["by_source_manipulation"][name] = breakdown(
+            split_rows, scores, frame_threshold, threshold, aggregation)
 
     final = "test" if has_test else "val"
     plot_curves(curves_frame | curves_video, out / "roc.png", "roc")
@@ -261,12 +318,16 @@ def evaluate(
         labels = np.array([LABELS.index(final_rows[i]["label"]) for i in pick])
         ds = CropDataset(data, [final_rows[i] for i in pick], size, mean, std)
         base_model, _, _ = load_base(info["base"], info.get("seed", 0))
-        base_scores, base_emb = score_crops(base_model.to(device), ds, batch_size)
+        base_scores, base_emb = score_crops(base_model.to(device), ds, batch_size, "score base model" if progress else None)
+        log.info("t-SNE of %d crops, before and after fine-tuning", len(pick))
         plot_tsne(base_emb, labels, (base_scores >= 0.5) == labels, out / "tsne_before.png", f"before ({info['base']})")
         plot_tsne(final_emb[pick], labels, (final_scores[pick] >= frame_threshold) == labels, out / "tsne_after.png", "after fine-tuning")
         report["tsne"] = {"crops": int(len(pick)), "before": "tsne_before.png", "after": "tsne_after.png"}
 
-    report["model"] = {"dir": str(model_dir), "base": info["base"], "input_size": size, "steps": info.get("steps_run")}
+    report["model"] = {"dir": str(model_dir), "base": info["base"], "input_size": size,
+                       "steps": info.get("steps", info.get("steps_run")), "temperature": info.get("temperature", 1.0),
+                       "trained_on": {"sources": info.get("sources"), "manipulations": info.get("manipulations"),
+                                      "filters": info.get("filters")}}
     (out / EVALUATION_FILE).write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown_report(report, final))
     return report
@@ -295,6 +356,29 @@ def markdown_report(r: dict, final: str) -> str:
                 f"| {split} | {level} | {m['n']} ({m['n_fake']}) | {_fmt(m['auc'])} | {_fmt(m['ap'])} | {_fmt(m['eer'])} | "
                 f"{_fmt(m['accuracy'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['fpr'])} | {m['confusion']} |"
             )
+    for key, title, what in (("by_source", "By source", "source"), ("by_manipulation", "By manipulation", "manipulation")):
+        lines += ["", f"## {title}", "",
+                  "Each " + what + ("'s real faces and the fakes made from them" if what == "source" else
+                                    ": all real faces of the split against its fakes (`real`: the real faces alone, "
+                                    "so only the false-positive rate applies)") + f", at the thresholds above.", "",
+                  f"| split | {what} | level | n (fake) | AUC | AP | EER | accuracy | recall | FPR |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for split, table in r.get(key, {}).items():
+            for value, s in table.items():
+                for level in ("frame", "video"):
+                    m = s[level]
+                    lines.append(f"| {split} | {value} | {level} | {m['n']} ({m['n_fake']}) | {_fmt(m['auc'])} | {_fmt(m['ap'])} | "
+                                 f"{_fmt(m['eer'])} | {_fmt(m['accuracy'])} | {_fmt(m['recall'])} | {_fmt(m['fpr'])} |")
+    lines += ["", "## Source x manipulation", "",
+              "Each source's real faces against each kind of fake made from them: AUC frame / video, and at the "
+              "thresholds the share of those fakes found (recall).", "",
+              "| split | source | manipulation | n frames (fake) | AUC frame | AUC video | recall frame | recall video |",
+              "|---|---|---|---|---|---|---|---|"]
+    for split, table in r.get("by_source_manipulation", {}).items():
+        for source, kinds in table.items():
+            for kind, m in kinds.items():
+                lines.append(f"| {split} | {source} | {kind} | {m['frame']['n']} ({m['frame']['n_fake']}) | {_fmt(m['frame']['auc'])} | "
+                             f"{_fmt(m['video']['auc'])} | {_fmt(m['frame']['recall'])} | {_fmt(m['video']['recall'])} |")
     lines += ["", "## Thresholds chosen on validation", "", "| name | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in r["thresholds"].items()]
     lines += ["", "## Video AUC by aggregation strategy", "", "| split | " + " | ".join(STRATEGIES) + " |",
@@ -321,15 +405,19 @@ def add_arguments(p) -> None:
     p.add_argument("model", type=Path, help="the model folder written by `dfd-train train` (RUN/model)")
     p.add_argument("data", type=Path, help="the prepared data folder")
     p.add_argument("out", type=Path, help="report folder (report.md, evaluation.json, PNGs)")
-    p.add_argument("--method", choices=metrics.THRESHOLD_METHODS, default="best_f1", help="how the threshold is chosen on validation")
+    p.add_argument("--method", choices=metrics.THRESHOLD_METHODS, default="best_f1",
+                   help="how the threshold is chosen on validation: the best F1, a target false-positive rate or a target precision")
     p.add_argument("--target", type=float, default=None, help="target FPR (default 0.01) or precision (default 0.95)")
     p.add_argument("--aggregation", choices=STRATEGIES, default="mean", help="frames -> video score, as the worker does")
-    p.add_argument("--no-tsne", action="store_true")
+    p.add_argument("--tune-on", action="append", default=[], metavar="FIELD=V[,V]",
+                   help="tune the thresholds on these validation rows only (FIELD: source or manipulation), "
+                        "e.g. source=carphone for a source the model never trained on; repeatable")
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plots (they score every crop twice more)")
 
 
 def run(args) -> int:
     r = evaluate(args.model, args.data, args.out, method=args.method, target=args.target,
-                 aggregation=args.aggregation, tsne=not args.no_tsne)
+                 aggregation=args.aggregation, tsne=not args.no_tsne, tune_on=args.tune_on)
     final = "test" if "test" in r["splits"] else "val"
     v = r["splits"][final]["video"]
     print(f"{final}: video AUC {_fmt(v['auc'])}, F1 {_fmt(v['f1'])} at threshold {r['threshold']:.4f} "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from training.dataset import CropDataset, DataError, read_metadata, select
 from training.evaluate import EVALUATION_FILE
@@ -39,16 +40,29 @@ class Parity:
     batch_invariance: float  # |batched - one by one| in ONNX Runtime
 
 
-def onnx_parity(model, onnx_path: Path, x: np.ndarray) -> Parity:
-    import onnxruntime as ort
+def onnx_parity(model, onnx_path: Path, crops: np.ndarray, mean, std) -> Parity:
+    """Torch against the worker's own FakeClassifier running the ONNX file, on uint8 RGB crops.
+
+    Both sides normalise with `worker.models.classifier.normalise`; the classifier's
+    `preprocess`, `forward` and `predict` are the code that serves verdicts.
+    """
+    import types
+
     import torch
 
+    from worker.models.classifier import FakeClassifier, norm_constants, normalise
+    from worker.settings import Settings
+    from worker.types import ModelInfo
+
     with torch.no_grad():
-        expected = model(pixel_values=torch.from_numpy(x)).logits.double().numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    got = session.run(None, {name: x})[0].astype(np.float64)
-    singles = np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]).astype(np.float64)
+        x = torch.from_numpy(normalise(crops, *norm_constants(mean, std)))
+        expected = model(pixel_values=x).logits.double().numpy()
+    # the attributes FakeClassifier reads from a bundle; the real bundle is written after this check
+    bundle = types.SimpleNamespace(model_path=onnx_path, info=ModelInfo("parity-check", "0", ""), input_size=crops.shape[1],
+                                   mean=tuple(mean), std=tuple(std), fake_index=1)
+    classifier = FakeClassifier(bundle, Settings(), session=ort_cpu_session(onnx_path))
+    got = classifier.forward(classifier.preprocess(crops)).astype(np.float64)
+    singles = np.concatenate([classifier.forward(classifier.preprocess(crops[i : i + 1])) for i in range(len(crops))]).astype(np.float64)
 
     def softmax(z):
         z = z - z.max(axis=1, keepdims=True)
@@ -56,11 +70,17 @@ def onnx_parity(model, onnx_path: Path, x: np.ndarray) -> Parity:
         return e / e.sum(axis=1, keepdims=True)
 
     return Parity(
-        crops=len(x),
+        crops=len(crops),
         max_abs_logit_diff=float(np.abs(got - expected).max()),
-        max_abs_prob_diff=float(np.abs(softmax(got) - softmax(expected)).max()),
+        max_abs_prob_diff=float(np.abs(classifier.predict(crops).astype(np.float64) - softmax(expected)[:, 1]).max()),
         batch_invariance=float(np.abs(got - singles).max()),
     )
+
+
+def ort_cpu_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -84,6 +104,7 @@ def export(
     demo: bool = False,
     parity_crops: int = 32,
     notes: dict | None = None,
+    progress: bool = True,
 ) -> tuple[ModelBundle, Parity]:
     """Export, check parity, write the bundle into `out`; returns (loaded bundle, parity figures)."""
     import torch
@@ -110,17 +131,23 @@ def export(
     rows = read_metadata(data)
     sample = (select(rows, "test") or select(rows, "val") or rows)[: max(1, parity_crops)]
     dataset = CropDataset(data, sample, size, mean, std)
-    x = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))]).numpy()
+    crops = np.stack([dataset.image(i) for i in range(len(dataset))])
 
     precision = "fp16" if fp16 else "fp32"
+    bar = tqdm(total=3, desc="export", unit="step", disable=not progress, bar_format="{desc}: {n}/{total} {postfix}")
     with tempfile.TemporaryDirectory() as tmp:
+        bar.set_postfix_str("ONNX")
         onnx_path = Path(tmp, "model.onnx")
         export_onnx(model, onnx_path, size)
         if fp16:
             to_fp16(onnx_path, Path(tmp, "model16.onnx"))
             onnx_path = Path(tmp, "model16.onnx")
-        parity = onnx_parity(model, onnx_path, x)
-        print(f"ONNX ({precision}) vs torch on {parity.crops} real crops: max |logit diff| {parity.max_abs_logit_diff:.2e}, "
+        bar.update()
+        bar.set_postfix_str("parity")
+        parity = onnx_parity(model, onnx_path, crops, mean, std)
+        bar.update()
+        bar.set_postfix_str("bundle")
+        tqdm.write(f"ONNX ({precision}) through the worker's FakeClassifier vs torch on {parity.crops} real crops: max |logit diff| {parity.max_abs_logit_diff:.2e}, "
               f"max |prob diff| {parity.max_abs_prob_diff:.2e}, batch vs single {parity.batch_invariance:.2e}")
         bound = TOLERANCE[precision]
         if parity.max_abs_prob_diff > bound or parity.batch_invariance > bound:
@@ -150,7 +177,14 @@ def export(
             training={
                 "architecture": "ConvNextV2ForImageClassification",
                 "base": info["base"],
-                "steps": info.get("steps_run"),
+                "steps": info.get("steps", info.get("steps_run")),  # the kept checkpoint's step
+                "steps_run": info.get("steps_run"),
+                "seed": info.get("seed"),
+                "temperature": info.get("temperature", 1.0),
+                "data_fingerprint": info.get("data_fingerprint"),
+                "synth": info.get("synth"),
+                "sources": info.get("sources"),
+                "manipulations": info.get("manipulations"),
                 "train_crops": info.get("train_crops"),
                 "val_metrics": info.get("val_metrics"),
                 "prepare": info.get("prepare"),
@@ -160,6 +194,8 @@ def export(
                 **(notes or {}),
             },
         )
+        bar.update()
+        bar.close()
     return bundle, parity
 
 
@@ -178,8 +214,8 @@ def add_arguments(p) -> None:
     p.add_argument("--evaluation", type=Path, default=None, help="folder (or evaluation.json) from `dfd-train evaluate`")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the evaluation's, tuned on validation)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (float32 inputs and outputs)")
-    p.add_argument("--name", default="convnextv2-deepfake")
-    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--name", default="convnextv2-deepfake", help="model name recorded in the bundle and in every verdict")
+    p.add_argument("--version", default="0.1.0", help="model version recorded in the bundle and in every verdict")
 
 
 def run(args) -> int:

@@ -28,6 +28,7 @@ from training.dataset import (
     VIDEO_FIELDS,
     DataError,
     append_rows,
+    check_groups,
     read_table,
     save_rgb,
     split_for,
@@ -50,6 +51,8 @@ class VideoItem:
     label: str
     split: str = ""  # empty: decided from the group's hash
     group: str = ""  # empty: the video's content hash
+    source: str = ""  # data set / camera / site the video comes from; empty: "default"
+    manipulation: str = ""  # for fakes: how it was made; empty: "fake"
 
 
 @dataclass
@@ -66,14 +69,21 @@ class PrepareReport:
 
 
 def items_from_folder(root: Path) -> list[VideoItem]:
-    """Videos under root/real/ and root/fake/ (any depth)."""
+    """Videos under root/real/ and root/fake/ (any depth).
+
+    A video's group is its file name without the suffix, so `fake/x.mp4` made from `real/x.mp4`
+    lands in the same split; its source is the first folder below real/ or fake/ (if any).
+    """
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     items = []
     for label in LABELS:
         sub = root / label
         if sub.is_dir():
-            items += [VideoItem(p, label) for p in sorted(sub.rglob("*")) if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+            for p in sorted(sub.rglob("*")):
+                if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file():
+                    parts = p.relative_to(sub).parts
+                    items.append(VideoItem(p, label, group=f"name:{p.stem}", source=parts[0] if len(parts) > 1 else ""))
     if not items:
         raise DataError(
             f"no videos found in {root}: expected subfolders real/ and fake/ holding video files "
@@ -83,32 +93,69 @@ def items_from_folder(root: Path) -> list[VideoItem]:
 
 
 def items_from_manifest(manifest: Path, allow_missing: bool = False) -> list[VideoItem]:
-    """Rows `path,label[,split][,group]`; relative paths are relative to the manifest's folder."""
+    """Rows `path,label[,split][,group][,source][,manipulation][,parent]`; paths relative to the manifest's folder.
+
+    `parent` names the real video a fake was made from (its path as written in another row):
+    the fake joins the parent's group. Rows of one group must not name two splits; rows of a
+    group without a split take the split another row of the group names.
+    """
     if not manifest.is_file():
         raise DataError(f"manifest {manifest} does not exist")
     with open(manifest, newline="") as f:
         reader = csv.DictReader(f)
         missing_cols = {"path", "label"} - set(reader.fieldnames or [])
         if missing_cols:
-            raise DataError(f"manifest {manifest} lacks column(s) {sorted(missing_cols)}; header must be path,label[,split][,group]")
+            raise DataError(f"manifest {manifest} lacks column(s) {sorted(missing_cols)}; "
+                            "header must be path,label[,split][,group][,source][,manipulation][,parent]")
         rows = list(reader)
     if not rows:
         raise DataError(f"manifest {manifest} lists no videos")
-    items, missing = [], []
+
+    def cell(row, name):
+        return (row.get(name) or "").strip()
+
+    groups = {cell(row, "path"): cell(row, "group") or f"path:{cell(row, 'path')}" for row in rows}
+    parents = {cell(row, "parent") for row in rows} - {""}
+    parsed = []  # (line, row, label, split, group)
     for n, row in enumerate(rows, start=2):
-        label = (row.get("label") or "").strip().lower()
+        label = cell(row, "label").lower()
         if label not in LABELS:
             raise DataError(f"{manifest}:{n}: label {row.get('label')!r} must be 'real' or 'fake'")
-        split = (row.get("split") or "").strip().lower()
+        split = cell(row, "split").lower()
         if split and split not in SPLITS:
             raise DataError(f"{manifest}:{n}: split {split!r} must be one of {', '.join(SPLITS)} or empty")
-        path = Path(row["path"].strip())
+        parent = cell(row, "parent")
+        if parent and parent not in groups:
+            raise DataError(f"{manifest}:{n}: parent {parent!r} is not the path of another row")
+        own = cell(row, "path")
+        group = groups[parent] if parent else cell(row, "group") or (groups[own] if own in parents else "")
+        parsed.append((n, row, label, split, group))
+
+    # one split per group: a clash is refused with its rows named, a gap filled from the group
+    named: dict[str, tuple[str, int]] = {}
+    clashes = []
+    for n, _, _, split, group in parsed:
+        if group and split:
+            first = named.setdefault(group, (split, n))
+            if first[0] != split:
+                clashes.append(f"group {group!r}: {manifest.name}:{first[1]} says {first[0]}, {manifest.name}:{n} says {split}")
+    if clashes:
+        raise DataError(f"{manifest}: {len(clashes)} row(s) put one group into two splits (its faces would leak "
+                        "between them):\n  " + "\n  ".join(clashes[:20]))
+    if any(label == "fake" for _, _, label, _, _ in parsed) and "group" not in rows[0] and "parent" not in rows[0]:
+        log.warning("manifest %s has fakes but no group or parent column: each video is its own group, so a fake "
+                    "and the real video it was made from may land in different splits", manifest)
+
+    items, missing = [], []
+    for n, row, label, split, group in parsed:
+        path = Path(cell(row, "path"))
         if not path.is_absolute():
             path = manifest.parent / path
         if not path.is_file():
             missing.append(f"{manifest.name}:{n}: {path}")
             continue
-        items.append(VideoItem(path, label, split, (row.get("group") or "").strip()))
+        split = split or (named[group][0] if group in named else "")
+        items.append(VideoItem(path, label, split, group, cell(row, "source"), cell(row, "manipulation")))
     if missing and not allow_missing:
         shown = "\n  ".join(missing[:20]) + ("\n  ..." if len(missing) > 20 else "")
         raise DataError(f"{len(missing)} file(s) in the manifest do not exist (pass --allow-missing to skip them):\n  {shown}")
@@ -157,6 +204,7 @@ def face_rows(image: np.ndarray, detections: list[Detection], size: int, margin:
 
 def _check_settings(out: Path, info: dict) -> None:
     path = out / "prepare.json"
+    old = {}
     if path.exists():
         old = json.loads(path.read_text())
         changed = [k for k in CROP_KEYS if k in old and old[k] != info[k]]
@@ -165,7 +213,7 @@ def _check_settings(out: Path, info: dict) -> None:
                 f"{out} was prepared with other crop settings ({', '.join(f'{k}: {old[k]} -> {info[k]}' for k in changed)}); "
                 "use a new output folder so all crops match"
             )
-    path.write_text(json.dumps(info, indent=2))
+    path.write_text(json.dumps(old | info, indent=2))  # keeps what synth recorded
 
 
 def _decode(item: VideoItem, settings: Settings, done: dict):
@@ -244,6 +292,7 @@ def prepare(
                     report.no_face.append(str(item.path))
                 bar.set_postfix(crops=report.crops, failed=len(report.failed))
 
+    check_groups(read_table(out / "metadata.csv"), str(out / "metadata.csv"))
     for v in videos.values():
         if v["status"] == "ok":
             report.labels[v["label"]] = report.labels.get(v["label"], 0) + 1
@@ -268,7 +317,8 @@ def _prepare_video(item, sha, frames, out, settings, size, val_fraction, test_fr
             rows.append({
                 "crop": rel.as_posix(), "video": sha, "group": group, "split": split, "label": item.label,
                 "origin": "video", "source": str(item.path), "frame_index": frame.index,
-                "time_s": round(frame.time_s, 3), **fields,
+                "time_s": round(frame.time_s, 3), **fields, "dataset": item.source or "default",
+                "manipulation": "real" if item.label == "real" else item.manipulation or "fake",
             })
     append_rows(out / "metadata.csv", META_FIELDS, rows)
     record = {
@@ -282,14 +332,15 @@ def _prepare_video(item, sha, frames, out, settings, size, val_fraction, test_fr
 
 
 def prepare_images(
-    images: Sequence[tuple[str, np.ndarray, str, str, str]],
+    images: Sequence[tuple],
     out: str | Path,
     settings: Settings | None = None,
     *,
     input_size: int = 224,
     detector=None,
+    progress: bool = False,
 ) -> int:
-    """Add faces from still images: (name, RGB image, label, group, split) each; returns crops added.
+    """Add faces from still images: (name, RGB image, label, group, split[, source]) each; returns crops added.
 
     Same detector and crop code as videos (a still is a one-frame video); names already in
     the metadata are skipped, so this too can be rerun.
@@ -308,18 +359,27 @@ def prepare_images(
 
         detector = FaceDetector(settings)
     rows = []
-    for (name, image, label, group, split), dets in zip(todo, detector.detect([im[1] for im in todo])):
-        for crop, fields in face_rows(image, dets, input_size, settings.crop_margin, settings.align_faces):
-            rel = Path("crops") / label / "images" / f"{name}_{fields['face_index']}.png"
-            save_rgb(out / rel, crop)
-            rows.append({"crop": rel.as_posix(), "video": name, "group": group, "split": split, "label": label,
-                         "origin": "image", "source": name, "frame_index": 0, "time_s": 0.0, **fields})
+    batches = [todo[i : i + 16] for i in range(0, len(todo), 16)]
+    with tqdm(total=len(todo), desc="prepare stills", unit="image", disable=not progress) as bar:
+        for batch in batches:
+            for item, dets in zip(batch, detector.detect([im[1] for im in batch])):
+                name, image, label, group, split = item[:5]
+                source = item[5] if len(item) > 5 else "default"
+                for crop, fields in face_rows(image, dets, input_size, settings.crop_margin, settings.align_faces):
+                    rel = Path("crops") / label / "images" / f"{name}_{fields['face_index']}.png"
+                    save_rgb(out / rel, crop)
+                    rows.append({"crop": rel.as_posix(), "video": name, "group": group, "split": split, "label": label,
+                                 "origin": "image", "source": name, "frame_index": 0, "time_s": 0.0, **fields,
+                                 "dataset": source, "manipulation": "real" if label == "real" else "fake"})
+                bar.update()
     append_rows(out / "metadata.csv", META_FIELDS, rows)
+    check_groups(read_table(out / "metadata.csv"), str(out / "metadata.csv"))
     return len(rows)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("input", type=Path, help="folder with real/ and fake/ subfolders, or a CSV manifest (path,label[,split][,group])")
+    p.add_argument("input", type=Path, help="folder with real/ and fake/ subfolders, or a CSV manifest "
+                   "(path,label[,split][,group][,source][,manipulation][,parent])")
     p.add_argument("out", type=Path, help="output folder (crops/, metadata.csv, videos.csv); rerun to resume")
     p.add_argument("--input-size", type=int, default=224, help="crop side in pixels = the model's input size")
     p.add_argument("--val", type=float, default=0.15, help="fraction of groups for validation (when the manifest gives no split)")

@@ -23,7 +23,19 @@ import numpy as np
 
 from training import metrics
 from training.augment import Augment
-from training.dataset import LABELS, CropDataset, DataError, check_two_classes, read_metadata, read_prepare_info, select
+from training.dataset import (
+    LABELS,
+    CropDataset,
+    DataError,
+    check_groups,
+    check_two_classes,
+    data_fingerprint,
+    manipulation_of,
+    read_metadata,
+    read_prepare_info,
+    select,
+    source_of,
+)
 from training.untrained_bundle import IMAGENET_MEAN, IMAGENET_STD, SIZES, build_model
 
 log = logging.getLogger(__name__)
@@ -60,20 +72,108 @@ def load_base(base: str, seed: int = 0):
     return model, mean, std
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred
+SELECTION_METRICS = ("auc", "ap", "loss")
+
+
+def make_compute_metrics(weights: np.ndarray, metric: str = "auc"):
+    """The Trainer's `compute_metrics`: AUC, AP, F1, accuracy, the class-weighted loss, and
+    `select`, the one number the best checkpoint is chosen by.
+
+    `select` is the chosen metric rounded to 4 places plus a term below 1e-5 that falls as the
+    validation loss rises: of two checkpoints with the same AUC (a small validation set reaches
+    1.0 early) the one with the lower loss wins, and the Trainer's "first best wins" only
+    applies to exact ties of both.
+    """
+    weights = np.asarray(weights, np.float64)
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred
+        logits = np.asarray(logits, np.float64)
+        labels = np.asarray(labels).astype(np.int64)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        fake = np.exp(log_probs[:, 1])
+        w = weights[labels]
+        loss = float(-(w * log_probs[np.arange(len(labels)), labels]).sum() / w.sum())
+        auc = metrics.roc_auc(labels, fake)
+        values = {
+            "auc": 0.5 if np.isnan(auc) else auc,
+            "ap": metrics.average_precision(labels, fake),
+            "f1": metrics.f1_at(labels, fake, 0.5),
+            "accuracy": float(np.mean((fake >= 0.5) == labels)),
+            "weighted_loss": loss,
+        }
+        tie_break = 1e-5 / (1.0 + loss)
+        values["select"] = -loss if metric == "loss" else round(values[metric], 4) + tie_break
+        return values
+
+    return compute_metrics
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 minimising the validation NLL of
+    softmax(logits / T). It changes no ranking (AUC stays), only how far scores sit from 0.5."""
+    from scipy.optimize import minimize_scalar
+
     logits = np.asarray(logits, np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    fake = probs[:, 1] / probs.sum(axis=1)
-    labels = np.asarray(labels)
-    auc = metrics.roc_auc(labels, fake)
-    return {
-        "auc": 0.5 if np.isnan(auc) else auc,
-        "ap": metrics.average_precision(labels, fake),
-        "f1": metrics.f1_at(labels, fake, 0.5),
-        "accuracy": float(np.mean((fake >= 0.5) == labels)),
-    }
+    labels = np.asarray(labels).astype(np.int64)
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(best.x))
+
+
+def apply_temperature(model, temperature: float) -> None:
+    """Fold 1/T into the classifier layer, so the saved weights, the ONNX graph and the worker
+    all give the calibrated scores with no extra step."""
+    import torch
+
+    with torch.no_grad():
+        model.classifier.weight /= temperature
+        model.classifier.bias /= temperature
+
+
+FILTER_FIELDS = {"source": source_of, "manipulation": manipulation_of}
+
+
+def parse_filter(text: str) -> tuple[str, set[str]]:
+    """`source=a,b` or `manipulation=face-swap` -> (field, values)."""
+    field_, _, values = text.partition("=")
+    if field_ not in FILTER_FIELDS or not values:
+        raise DataError(f"filter {text!r}: expected FIELD=VALUE[,VALUE...] with FIELD one of {', '.join(FILTER_FIELDS)}")
+    return field_, {v.strip() for v in values.split(",") if v.strip()}
+
+
+def apply_filters(rows: list[dict], only: list[str] = (), exclude: list[str] = ()) -> list[dict]:
+    """Rows kept for training and checkpoint choice: a leave-source-out or cross-manipulation run
+    names what it holds out (`exclude`) or what it keeps (`only`)."""
+    for text in only:
+        name, values = parse_filter(text)
+        rows = [r for r in rows if FILTER_FIELDS[name](r) in values]
+    for text in exclude:
+        name, values = parse_filter(text)
+        rows = [r for r in rows if FILTER_FIELDS[name](r) not in values]
+    return rows
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """A tracker that is asked for but not installed is a clear error, not a traceback mid-run."""
+    known = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
+             "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "trackio": "trackio"}
+    for name in report_to:
+        if name in ("none", "all"):
+            continue
+        module = known.get(name)
+        if module is None:
+            raise DataError(f"--report-to {name!r}: unknown tracker; use one of {', '.join(known)}, or none")
+        if importlib.util.find_spec(module) is None:
+            raise DataError(f"--report-to {name}: the {module!r} package is not installed "
+                            f"(pip install {module}), or pass --report-to none")
 
 
 def default_report_to() -> list[str]:
@@ -112,23 +212,36 @@ def train(
     hp_trials: int = 0,
     workers: int = 0,
     quiet: bool = False,
+    metric: str = "auc",
+    calibrate: bool = True,
+    only: list[str] = (),
+    exclude: list[str] = (),
+    log_file: str | Path | None = None,
+    fresh_blends: bool = True,
 ) -> Path:
     """Train and save the best model to `out/model`; returns that folder."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     data, out = Path(data), Path(out)
+    if metric not in SELECTION_METRICS:
+        raise DataError(f"--metric {metric!r}: one of {', '.join(SELECTION_METRICS)}")
+    report_to = default_report_to() if report_to is None else report_to
+    check_report_to(report_to)
     rows = read_metadata(data)
+    check_groups(rows)
     prep = read_prepare_info(data)
     input_size = input_size or int(prep.get("input_size", 224))
-    train_rows, val_rows = select(rows, "train"), select(rows, "val")
+    used = apply_filters(rows, only, exclude)
+    train_rows, val_rows = select(used, "train"), select(used, "val")
     check_two_classes(train_rows, "training split")
     if not val_rows:
         raise DataError(f"{data} has no validation crops: give some videos split=val (or a larger --val fraction in prepare)")
     check_two_classes(val_rows, "validation split")
 
     model, mean, std = load_base(base, seed)
-    train_set = CropDataset(data, train_rows, input_size, mean, std, augment)
+    train_set = CropDataset(data, train_rows, input_size, mean, std, augment, fresh_blends=fresh_blends)
     val_set = CropDataset(data, val_rows, input_size, mean, std, None)
     weights = torch.tensor(class_weights(train_set.labels))
 
@@ -156,10 +269,10 @@ def train(
         save_steps=eval_steps,
         logging_steps=max(1, eval_steps or 10),
         load_best_model_at_end=True,
-        metric_for_best_model="auc",
+        metric_for_best_model="select",
         greater_is_better=True,
         save_total_limit=2,
-        report_to=default_report_to() if report_to is None else report_to,
+        report_to=report_to,
         remove_unused_columns=False,
         dataloader_num_workers=workers,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -173,19 +286,29 @@ def train(
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=default_data_collator,
-        compute_metrics=compute_metrics,
+        compute_metrics=make_compute_metrics(weights.numpy(), metric),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
     )
+    if log_file is not None:  # the Trainer's log dicts go to a file; the progress bar stays
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(quiet_progress(Path(log_file), disable=quiet))
     search = None
     if hp_trials:
         search = hyperparameter_search(trainer, hp_trials)
         for name, value in search.hyperparameters.items():
             setattr(trainer.args, name, value)
     trainer.train()
+    temperature = 1.0
+    if calibrate:
+        prediction = trainer.predict(val_set)
+        temperature = fit_temperature(prediction.predictions, prediction.label_ids)
+        apply_temperature(trainer.model, temperature)
     final = trainer.evaluate()
 
     model_dir = out / "model"
     trainer.save_model(str(model_dir))
+    best_step = trainer.state.best_global_step or trainer.state.global_step
     info = {
         "base": base,
         "seed": seed,
@@ -198,7 +321,18 @@ def train(
         "prepare": prep,
         "train_crops": len(train_set),
         "val_crops": len(val_set),
+        "filters": {"only": list(only), "exclude": list(exclude)},
+        "sources": sorted({source_of(r) for r in train_rows}),
+        "manipulations": sorted({manipulation_of(r) for r in train_rows}),
+        "data_fingerprint": {"train": data_fingerprint(data, train_rows), "val": data_fingerprint(data, val_rows)},
+        "synth": prep.get("synth", []),
+        "fresh_blends": fresh_blends,
+        "augment": None if augment is None else augment.__dict__,
         "class_weights": weights.tolist(),
+        "selection": {"metric": metric, "tie_break": "lower validation loss" if metric != "loss" else None},
+        "temperature": temperature,
+        # the saved weights are the best checkpoint's: its step, not the last one trained
+        "steps": best_step,
         "epochs_run": trainer.state.epoch,
         "steps_run": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -211,6 +345,33 @@ def train(
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
     return model_dir
+
+
+def quiet_progress(log_file: Path, disable: bool = False):
+    """A Trainer callback: one progress bar over the steps, each log dict appended to `log_file`."""
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class QuietProgress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            self.bar = tqdm(total=state.max_steps, desc="train", unit="step", disable=disable)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            with open(log_file, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+            if logs and "eval_auc" in logs:
+                self.bar.set_postfix(val_auc=f"{logs['eval_auc']:.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return QuietProgress()
 
 
 def hyperparameter_search(trainer, n_trials: int):
@@ -234,19 +395,28 @@ def add_arguments(p) -> None:
     p.add_argument("data", type=Path, help="a folder made by `dfd-train prepare` (and `synth`)")
     p.add_argument("out", type=Path, help="output folder: model/, checkpoints/, log_history.jsonl")
     p.add_argument("--base", default="atto", help=f"checkpoint folder, hub id, or a size ({', '.join(SIZES)}) for random init")
-    p.add_argument("--input-size", type=int, default=None, help="default: the crop size used by prepare")
-    p.add_argument("--epochs", type=float, default=10)
-    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--input-size", type=int, default=None, help="model input side in pixels (default: the crop size used by prepare)")
+    p.add_argument("--epochs", type=float, default=10, help="training epochs (may be fractional)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps; -1: run --epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="crops per training and evaluation batch")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, cosine schedule with warm-up)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--eval-steps", type=int, default=None, help="evaluate and checkpoint every N steps (default: every epoch)")
-    p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without AUC improvement")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--report-to", default=None, help="wandb, tensorboard, none (default: wandb if configured, else none)")
-    p.add_argument("--hp-trials", type=int, default=0, help="hyperparameter search trials (Optuna) before the final run")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement of --metric")
+    p.add_argument("--metric", choices=SELECTION_METRICS, default="auc",
+                   help="validation metric that picks the kept checkpoint; auc and ap break ties by the lower validation loss")
+    p.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling of the scores on validation")
+    p.add_argument("--only", action="append", default=[], metavar="FIELD=V[,V]",
+                   help="train and choose the checkpoint on these rows only (FIELD: source or manipulation); repeatable")
+    p.add_argument("--exclude", action="append", default=[], metavar="FIELD=V[,V]",
+                   help="hold these rows out of training and checkpoint choice, e.g. source=carphone; repeatable")
+    p.add_argument("--fixed-blends", action="store_true",
+                   help="train on the self-blends as synth stored them, instead of blending each anew whenever it is drawn")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights (random init), shuffling and augmentation")
+    p.add_argument("--no-augment", action="store_true", help="train on the crops as they are (no augmentation)")
+    p.add_argument("--report-to", default=None, help="wandb, tensorboard, none (default: wandb if installed and configured, else none)")
+    p.add_argument("--hp-trials", type=int, default=0, help="hyperparameter search trials (Optuna) before the final run; 0: none")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes; 0: load in the main process")
 
 
 def run(args) -> int:
@@ -255,9 +425,11 @@ def run(args) -> int:
         args.data, args.out, base=args.base, input_size=args.input_size, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay, eval_steps=args.eval_steps,
         patience=args.patience, seed=args.seed, augment=None if args.no_augment else Augment(),
-        report_to=report_to, hp_trials=args.hp_trials, workers=args.workers,
+        report_to=report_to, hp_trials=args.hp_trials, workers=args.workers, metric=args.metric,
+        calibrate=not args.no_calibrate, only=args.only, exclude=args.exclude, fresh_blends=not args.fixed_blends,
     )
     info = json.loads((model_dir / TRAINING_INFO).read_text())
-    print(f"saved {model_dir} after {info['steps_run']} steps; validation: "
+    print(f"saved {model_dir}: the checkpoint of step {info['steps']} (of {info['steps_run']} trained), "
+          f"temperature {info['temperature']:.3f}; validation: "
           + ", ".join(f"{k}={v:.4f}" for k, v in info["val_metrics"].items() if k.startswith("eval_") and "per_second" not in k))
     return 0

@@ -134,13 +134,16 @@ def build_untrained_bundle(out_dir, size: str = "atto", input_size: int = 224, s
 
 
 def main(argv=None) -> int:
+    from training.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="untrained_bundle", description="Build a model bundle around a randomly initialised ConvNeXt V2."
+        prog="dfd-train init-bundle", formatter_class=HelpFormatter,
+        description="Build a model bundle around a randomly initialised ConvNeXt V2 (scores mean nothing).",
     )
     parser.add_argument("out_dir", help="folder to write the bundle into")
-    parser.add_argument("--size", default="atto", choices=sorted(SIZES))
-    parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default="atto", choices=sorted(SIZES), help="ConvNeXt V2 size")
+    parser.add_argument("--input-size", type=int, default=224, help="model input side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
     bundle = build_untrained_bundle(args.out_dir, args.size, args.input_size, args.seed)
     print(f"wrote {bundle.path} ({bundle.info.name}, sha256 {bundle.info.sha256[:12]}, "

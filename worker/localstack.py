@@ -293,7 +293,7 @@ def demo_bundle() -> Path:
         why = str(exc)
     if ensure_demo_bundle is not None:
         print("model: the DEMO bundle (built once, a few minutes on CPU; cached under ~/.cache/deepfake-stream)", flush=True)
-        return Path(ensure_demo_bundle())
+        return Path(ensure_demo_bundle(progress=True))
     from worker.models.bundle import BundleError, load_bundle
 
     folder = cache_dir() / "bundles" / "demo-untrained"
@@ -335,14 +335,24 @@ def demo_videos(folder: Path) -> list[Path]:
     return [carphone, reencoded, no_face]
 
 
-def _describe(verdict) -> str:
+def _describe(verdict, judged: str = "") -> str:
     name = verdict.uri.rsplit("/", 1)[-1]
     score = "  -   " if verdict.score is None else f"{verdict.score:.4f}"
     detail = verdict.reason if verdict.label in ("error", "no_face") else (
         f"faces in {verdict.frames_with_faces}/{verdict.frames_sampled} frames, threshold {verdict.threshold:.3f}"
     )
     cached = " [from cache]" if verdict.cached else ""
-    return f"  {verdict.label:8} {score}  {name:28} {detail}{cached}"
+    mark = f"{judged:6} " if judged else ""
+    return f"  {mark}{verdict.label:8} {score}  {name:28} {detail}{cached}"
+
+
+def _samples(folder: Path) -> list:
+    """(path, truth, one-line explanation) per sample: training's labelled samples when installed."""
+    try:
+        from training.demo import demo_samples
+    except ImportError:
+        return [(p, None, "") for p in demo_videos(folder)]
+    return [(s.path, s.truth, s.about) for s in demo_samples(folder)]
 
 
 def demo(model_dir: str | None = None) -> int:
@@ -357,7 +367,8 @@ def demo(model_dir: str | None = None) -> int:
     worker = None
     try:
         bundle = Path(model_dir) if model_dir else demo_bundle()
-        videos = demo_videos(cache_dir() / "demo")
+        samples = _samples(cache_dir() / "demo")
+        videos = [path for path, _, _ in samples]
         logs = cache_dir() / "stack" / "demo-worker.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DFD_")}
         env.update(stack.env())
@@ -373,17 +384,29 @@ def demo(model_dir: str | None = None) -> int:
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         print(f"worker: pid {worker.pid}, logs in {logs}", flush=True)
         settings = Settings.from_env(env)
+        next_steps, refused_about = _demo_texts()
         with ScanClient(settings) as client:
             requests = [ScanRequest(f"demo-{i}-{int(time.time())}", str(v)) for i, v in enumerate(videos)]
             requests.append(ScanRequest(f"demo-refused-{int(time.time())}", "/etc/hostname"))
-            print(f"\nsubmitted {len(requests)} requests; verdicts as they arrive:", flush=True)
-            got = _print_verdicts(client, client.submit(requests), worker)
+            about = {r.request_id: (truth, text) for r, (_, truth, text) in zip(requests, samples)}
+            about[requests[-1].request_id] = ("error", refused_about)
+            print(f"\nthe inputs ({len(requests)}), then each verdict as it arrives, marked right or WRONG:", flush=True)
+            for r in requests:
+                print(f"  {r.uri.rsplit('/', 1)[-1]:28} {about[r.request_id][1]}", flush=True)
+            print(flush=True)
+            got = _print_verdicts(client, client.submit(requests), worker, about)
             print("\nthe carphone clip again (answered from the Redis cache, not decoded):", flush=True)
             again = ScanRequest(f"demo-again-{int(time.time())}", str(videos[0]))
-            got += _print_verdicts(client, client.submit([again]), worker)
+            about[again.request_id] = about[requests[0].request_id]
+            got += _print_verdicts(client, client.submit([again]), worker, about)
+        judged = [_judge(about.get(v.request_id, (None, ""))[0], v.label) for v in got]
+        if any(judged):
+            print(f"\n{judged.count('right')} of {len(judged)} verdicts right.")
         notice = next((v.notice for v in got if v.notice), None)
         if notice:
-            print(f"\nNOTE: {notice}")
+            print(f"NOTE: {notice}")
+        if next_steps:
+            print("\n" + next_steps.format(bundle=bundle))
         return 0 if len(got) == len(requests) + 1 else 1
     finally:
         if worker is not None and worker.poll() is None:
@@ -397,10 +420,25 @@ def demo(model_dir: str | None = None) -> int:
             print("stack stopped", flush=True)
 
 
-def _print_verdicts(client, ids: list[str], worker: subprocess.Popen) -> list:
+def _demo_texts() -> tuple[str, str]:
+    """(where to go next, why /etc/hostname is refused): from the training package when installed."""
+    try:
+        from training.demo import NEXT_STEPS, REFUSED_ABOUT
+    except ImportError:
+        return "", "refused on purpose: outside DFD_ALLOWED_ROOTS (the worker's path guard)"
+    return NEXT_STEPS, REFUSED_ABOUT
+
+
+def _judge(truth: str | None, label: str) -> str:
+    """'right' or 'WRONG' where the sample's right answer is known (real, fake, no_face, error)."""
+    return "" if truth is None else "right" if label == truth else "WRONG"
+
+
+def _print_verdicts(client, ids: list[str], worker: subprocess.Popen, about: dict | None = None) -> list:
     got = []
     for verdict in client.wait(ids, timeout_s=180):
-        print(_describe(verdict), flush=True)
+        truth = (about or {}).get(verdict.request_id, (None, ""))[0]
+        print(_describe(verdict, _judge(truth, verdict.label)), flush=True)
         got.append(verdict)
     if len(got) < len(ids):
         state = "exited" if worker.poll() is not None else "running"

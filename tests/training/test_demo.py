@@ -15,11 +15,31 @@ def test_registry_faces_are_found_by_the_worker_detector():
     from worker.models.retinaface import FaceDetector
 
     stills = demo._still_faces()
-    assert stills[0][0] == "astronaut" and len(stills) == 101
+    assert [s[0] for s in stills[:3]] == ["astronaut", "hopper", "camera"] and len(stills) == 103
     found = FaceDetector(Settings()).detect([s[1] for s in stills])
-    assert len(found[0]) == 1  # the astronaut
-    assert sum(1 for faces in found[1:] if faces) >= 60  # most upscaled LFW faces
-    assert {s[4] for s in stills[1:]} == {"train", "val", "test"}
+    assert [len(f) for f in found[:3]] == [1, 1, 1]  # the astronaut, Grace Hopper, the cameraman
+    assert sum(1 for faces in found[3:] if faces) >= 60  # most upscaled LFW faces
+    assert {s[4] for s in stills[3:]} == {"train", "val", "test"}
+    assert {s[5] for s in stills} == {"astronaut", "hopper", "camera", "lfw"}
+    assert all(s[1].ndim == 3 and s[1].dtype.name == "uint8" for s in stills)
+
+
+def test_the_held_out_source_is_never_in_the_training_split():
+    assert demo.HELD_OUT == "carphone" and "train" not in demo.SPLIT_OF_CLIP
+    assert {"val", "test"} <= set(demo.SPLIT_OF_CLIP)  # threshold on one half, figures on the other
+
+
+def test_held_out_figures_come_from_the_held_out_source():
+    def summary(fpr, recall, auc):
+        level = {"fpr": fpr, "recall": recall, "auc": auc}
+        return {"frame": level, "video": level}
+
+    report = {"threshold": 0.4, "by_source": {"test": {"carphone": summary(0.2, 0.7, 0.9), "lfw": summary(0.9, 0.1, 0.5)}},
+              "by_source_manipulation": {"test": {"carphone": {"self-blend": summary(0, 0, 0.91), "face-swap": summary(0, 0, 0.6)},
+                                                  "lfw": {"self-blend": summary(0, 0, 0.1)}}}}
+    held = demo.held_out_figures(report)
+    assert held["false_alarms_frame"] == 0.2 and held["recall_video"] == 0.7
+    assert held["auc_self-blend_frame"] == 0.91 and held["auc_face-swap_video"] == 0.6
 
 
 def test_a_valid_cached_demo_bundle_is_reused(tmp_path, untrained_bundle, monkeypatch):
@@ -49,3 +69,25 @@ def test_a_bundle_not_marked_demo_is_not_taken_for_the_demo(tmp_path, untrained_
     monkeypatch.setattr(demo, "build_demo", build)
     with pytest.raises(Rebuild, match=f"demo-work-{demo.DEMO_VERSION}"):
         demo.ensure_demo_bundle(tmp_path)
+
+
+@pytest.mark.slow
+def test_stack_demo_explains_each_input_marks_each_verdict_and_says_where_next(tmp_path, monkeypatch, capsys, untrained_bundle):
+    """`make demo`'s output (dfd-stack demo), on the untrained bundle so no demo build is needed."""
+    from worker import localstack
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # its own stack, samples and logs
+    assert localstack.demo(str(untrained_bundle.path)) == 0
+    out = capsys.readouterr().out
+    inputs, _, verdicts = out.partition("marked right or WRONG:")[2].partition("\n\n")
+    samples = demo.demo_samples(tmp_path / "deepfake-stream" / "demo")
+    for sample in samples:  # one line per input saying what it is, before any verdict
+        assert f"{sample.path.name:28} {sample.about}" in inputs
+    assert "/etc/hostname" in inputs and "refused on purpose" in inputs and "path guard" in inputs
+    lines = [line.split() for line in verdicts.splitlines() if line.strip() and not line.startswith("the carphone")]
+    marked = [words for words in lines if words[0] in ("right", "WRONG")]
+    assert len(marked) == len(samples) + 2  # every sample, the refused path, the cached repeat
+    assert [w[0:2] for w in marked if "no_face.mp4" in w] == [["right", "no_face"]]
+    assert [w[0:2] for w in marked if "hostname" in w] == [["right", "error"]]
+    assert "Where to go next" in out and "dfd-producer submit" in out and "dfd-train prepare" in out
+    assert "{'loss'" not in out and "Writing model shards" not in out

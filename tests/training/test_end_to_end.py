@@ -28,6 +28,11 @@ def chain(prepared, tmp_path_factory):
 def test_train_saves_a_model_with_its_preprocessing(chain, prepared):
     info = json.loads((chain / "model" / "dfd_training.json").read_text())
     assert info["input_size"] == 64 and info["base"] == "atto" and info["steps_run"] == 10
+    # the saved weights are the kept checkpoint's, and the step recorded is that checkpoint's
+    assert info["best_checkpoint"].endswith(f"checkpoint-{info['steps']}") and info["steps"] in (5, 10)
+    assert info["selection"] == {"metric": "auc", "tie_break": "lower validation loss"}
+    assert info["temperature"] > 0 and info["seed"] == 0
+    assert info["data_fingerprint"]["train"]["crops"] == info["train_crops"]
     assert info["crop"] == {"margin": Settings().crop_margin, "align": Settings().align_faces}
     history = [json.loads(line) for line in (chain / "log_history.jsonl").read_text().splitlines()]
     assert any("eval_auc" in h for h in history) and any("loss" in h for h in history)
@@ -62,6 +67,26 @@ def test_bundle_carries_thresholds_and_crop_settings(chain):
     assert bundle.detector_path.is_file() and bundle.info.detector_sha256
     assert {k: bundle.detection[k] for k in ("detect_long_side", "face_score_threshold", "min_face_px", "max_faces_per_frame")} == {
         k: prep[k] for k in ("detect_long_side", "face_score_threshold", "min_face_px", "max_faces_per_frame")}
+
+    training = bundle.manifest["training"]
+    info = json.loads((chain / "model" / "dfd_training.json").read_text())
+    assert training["steps"] == info["steps"] and training["steps_run"] == 10
+    assert training["seed"] == 0 and training["data_fingerprint"] == info["data_fingerprint"]
+    assert training["temperature"] == pytest.approx(info["temperature"])
+
+
+def test_evaluation_by_source_and_manipulation(chain):
+    report = json.loads((chain / "report" / "evaluation.json").read_text())
+    # the manifest names no source: one source, "default", whose figures are the whole split's
+    for split in ("val", "test"):
+        assert set(report["by_source"][split]) == {"default"}
+        assert report["by_source"][split]["default"]["frame"] == report["splits"][split]["frame"]
+        assert set(report["by_manipulation"][split]) == {"real", "fake"}
+        real_only = report["by_manipulation"][split]["real"]["frame"]
+        assert real_only["n_fake"] == 0 and real_only["auc"] is None
+        assert real_only["fpr"] == report["splits"][split]["frame"]["fpr"]
+    md = (chain / "report" / "report.md").read_text()
+    assert "## By source" in md and "## By manipulation" in md and "## Source x manipulation" in md
 
 
 def test_worker_scans_with_the_bundle_and_sees_the_training_crops(chain, prepared, labelled_clips):
@@ -101,3 +126,14 @@ def test_hyperparameter_search_with_optuna(prepared, tmp_path):
     search = info["hyperparameter_search"]
     assert set(search["best"]) == {"learning_rate", "weight_decay", "per_device_train_batch_size"}
     assert 0.0 <= search["objective"] <= 1.0
+
+
+def test_thresholds_can_be_tuned_on_part_of_validation(chain, prepared, tmp_path):
+    from training.dataset import DataError
+    from training.evaluate import evaluate
+
+    everything = json.loads((chain / "report" / "evaluation.json").read_text())
+    same = evaluate(chain / "model", prepared, tmp_path / "a", tsne=False, progress=False, tune_on=["source=default"])
+    assert same["thresholds"] == pytest.approx(everything["thresholds"]) and same["tuned_on"] == ["source=default"]
+    with pytest.raises(DataError, match="--tune-on manipulation=fake: the validation rows it keeps .* lack a class"):
+        evaluate(chain / "model", prepared, tmp_path / "b", tsne=False, progress=False, tune_on=["manipulation=fake"])

@@ -101,3 +101,25 @@ def test_bad_inputs_are_clear():
     with pytest.raises(ValueError, match="unknown threshold method"):
         metrics.tune_threshold([0, 1], [0.1, 0.9], "median")
     assert np.isnan(metrics.roc_auc([1, 1], [0.1, 0.9]))
+
+
+def test_breakdown_by_source_and_manipulation_takes_the_right_rows():
+    from training.evaluate import breakdown
+
+    def row(i, label, source, manipulation):
+        return {"crop": f"c{i}", "video": f"v{i}", "frame_index": "0", "label": label, "dataset": source,
+                "manipulation": manipulation, "origin": "video" if label == "real" else "synth"}
+
+    rows = [row(0, "real", "a", "real"), row(1, "real", "a", "real"), row(2, "real", "b", "real"),
+            row(3, "fake", "a", "self-blend"), row(4, "fake", "a", "face-swap"), row(5, "fake", "b", "self-blend")]
+    scores = np.array([0.1, 0.7, 0.2, 0.9, 0.6, 0.8])
+    by_source, by_manipulation, cross = breakdown(rows, scores, 0.5, 0.5, "mean")
+    assert set(by_source) == {"a", "b"} and list(by_manipulation) == ["real", "face-swap", "self-blend"]
+    a = by_source["a"]["frame"]
+    assert (a["n"], a["n_fake"]) == (4, 2) and a["fpr"] == 0.5  # real 0.7 of source a is a false alarm
+    assert a["auc"] == pytest.approx(metrics.roc_auc([0, 0, 1, 1], [0.1, 0.7, 0.9, 0.6]))
+    swap = by_manipulation["face-swap"]["frame"]
+    assert (swap["n"], swap["n_fake"]) == (4, 1)  # all three reals against the one face swap
+    assert by_manipulation["real"]["frame"]["auc"] is None and by_manipulation["real"]["frame"]["fpr"] == pytest.approx(1 / 3)
+    assert set(cross["a"]) == {"self-blend", "face-swap"} and set(cross["b"]) == {"self-blend"}
+    assert cross["a"]["face-swap"]["frame"]["auc"] == pytest.approx(0.5)  # 0.6 sits between the reals 0.1 and 0.7

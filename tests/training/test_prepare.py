@@ -41,16 +41,61 @@ def test_splits_follow_groups_never_frames(prepared):
     assert split_of_group == {"clip0": "train", "clip1": "train", "clip2": "val", "clip3": "test"}
 
 
-def test_hash_split_is_deterministic_and_by_video(labelled_clips, tmp_path):
-    items = items_from_folder(labelled_clips)  # no manifest: splits from the content hash
+def test_folder_groups_by_file_name_and_splits_by_group_hash(labelled_clips, tmp_path):
+    items = items_from_folder(labelled_clips)  # no manifest: groups from names, splits from the group's hash
     out = tmp_path / "a"
     prepare(items, out, input_size=48, val_fraction=0.3, test_fraction=0.3, progress=False)
     splits = {}
     for r in read_metadata(out):
-        assert splits.setdefault(r["video"], r["split"]) == r["split"]
+        assert splits.setdefault(r["group"], r["split"]) == r["split"]
     from training.dataset import split_for
 
-    assert all(split_for(v, 0.3, 0.3) == s for v, s in splits.items())
+    assert all(split_for(g, 0.3, 0.3) == s for g, s in splits.items())
+    # fake/clipN.mp4 was made from real/clipN.mp4: both in one group, so one split
+    assert sorted(splits) == [f"name:clip{i}" for i in range(4)]
+    videos = read_table(out / "videos.csv")
+    for i in range(4):
+        assert len({v["split"] for v in videos if v["path"].endswith(f"clip{i}.mp4")}) == 1
+
+
+def test_manifest_putting_one_group_in_two_splits_is_refused_with_its_rows(labelled_clips, tmp_path):
+    manifest = tmp_path / "m.csv"
+    real, fake = labelled_clips / "real" / "clip0.mp4", labelled_clips / "fake" / "clip0.mp4"
+    manifest.write_text(f"path,label,split,group\n{real},real,train,anna\n{fake},fake,train,anna\n"
+                        f"{labelled_clips / 'real' / 'clip1.mp4'},real,test,anna\n")
+    with pytest.raises(DataError, match=r"group 'anna': m\.csv:2 says train, m\.csv:4 says test"):
+        items_from_manifest(manifest)
+    assert main(["prepare", str(manifest), str(tmp_path / "out")]) == 2
+
+
+def test_manifest_fakes_join_their_parents_group_and_split(labelled_clips, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split,group,source,manipulation,parent\n"
+                        "real/clip0.mp4,real,val,,studio,,\n"
+                        "fake/clip0.mp4,fake,,,studio,blur,real/clip0.mp4\n"
+                        "real/clip1.mp4,real,,bob,studio,,\n")
+    shutil.copytree(labelled_clips / "real", tmp_path / "real")
+    shutil.copytree(labelled_clips / "fake", tmp_path / "fake")
+    items = items_from_manifest(manifest)
+    assert items[1].group == items[0].group == "path:real/clip0.mp4"
+    assert items[1].split == "val"  # taken from the parent's group
+    prepare(items, tmp_path / "out", input_size=48, progress=False)
+    rows = read_metadata(tmp_path / "out")
+    assert {(r["label"], r["dataset"], r["manipulation"]) for r in rows} == {
+        ("real", "studio", "real"), ("fake", "studio", "blur")}
+    assert {r["split"] for r in rows if r["group"] == "path:real/clip0.mp4"} == {"val"}
+
+
+def test_metadata_with_a_group_in_two_splits_is_refused(prepared, tmp_path):
+    from training.dataset import check_groups
+
+    rows = read_metadata(prepared)
+    check_groups(rows)  # the prepared folder is sound
+    moved = next(r for r in rows if r["split"] == "train")
+    bad = [dict(r) for r in rows]
+    bad[rows.index(moved)]["split"] = "test"
+    with pytest.raises(DataError, match=rf"group '{moved['group']}' is in train \(\d+ crops, e\.g\. .*\) and test \(1 crops, e\.g\. {moved['crop']}\)"):
+        check_groups(bad)
 
 
 def test_rerun_keeps_prepared_work_and_resumes_an_interrupted_video(labelled_clips, tmp_path):

@@ -10,6 +10,23 @@ from worker.settings import Settings
 from worker.types import ModelInfo
 
 
+def norm_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift), each [1, 3, 1, 1] float32, with (x / 255 - mean) / std == x * scale + shift."""
+    std = np.asarray(std, np.float32)
+    scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1).astype(np.float32)
+    shift = (-np.asarray(mean, np.float32) / std).reshape(1, 3, 1, 1).astype(np.float32)
+    return scale, shift
+
+
+def normalise(crops: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """NHWC uint8 RGB crops -> NCHW float32 model input. Training (training/dataset.py) calls
+    this too, so a model is trained on exactly the numbers the worker feeds it."""
+    x = crops.transpose(0, 3, 1, 2).astype(np.float32)
+    x *= scale
+    x += shift
+    return x
+
+
 class FakeClassifier:
     """Scores face crops; `predict` = preprocess -> forward -> softmax, in batches."""
 
@@ -22,19 +39,14 @@ class FakeClassifier:
         self.input_size = bundle.input_size
         self.input_name = self.session.get_inputs()[0].name
         # (x / 255 - mean) / std folded into one multiply-add per pixel.
-        std = np.asarray(bundle.std, np.float32)
-        self._scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1).astype(np.float32)
-        self._shift = (-np.asarray(bundle.mean, np.float32) / std).reshape(1, 3, 1, 1).astype(np.float32)
+        self._scale, self._shift = norm_constants(bundle.mean, bundle.std)
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
         """NHWC uint8 RGB crops -> NCHW float32, normalised as the model was trained."""
         size = self.input_size
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
             raise ValueError(f"expected uint8 crops [N, {size}, {size}, 3], got {crops.dtype} {crops.shape}")
-        x = crops.transpose(0, 3, 1, 2).astype(np.float32)
-        x *= self._scale
-        x += self._shift
-        return x
+        return normalise(crops, self._scale, self._shift)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, num_labels] for a preprocessed batch."""
