@@ -78,6 +78,9 @@ class Settings:
         8, "Frames per face-detection call (8 is fastest on CPU, measured; raise it on a GPU)."
     )
     max_batch_faces: int = _opt(32, "Face crops per classification call.")
+    early_decision: bool = _opt(
+        False, "Score every other frame with faces first and skip the rest of a video whose label they can no longer change (exact: the label is always the one full scoring gives; the verdict's score is then the bound that decided it, see docs/streaming.md)."
+    )
     batch_max_wait_ms: int = _opt(20, "How long a partial batch waits for more work across videos.")
     # --- Kafka -----------------------------------------------------------------
     kafka_bootstrap: str = _opt("127.0.0.1:19092", "Kafka bootstrap servers (comma-separated host:port).")

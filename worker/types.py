@@ -172,6 +172,9 @@ class Verdict:
     # a near-duplicate found by PDQ hashes (worker/pipeline/neardup.py): source, request_id,
     # label, distances, matched_frames, reused (True: this verdict was answered from it)
     near_duplicate: dict[str, Any] | None = None
+    # set when DFD_EARLY_DECISION stopped scoring frames once the label could no longer change:
+    # {"frames_scored": k, "score_is": "lower_bound" | "upper_bound"}
+    early_decision: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     schema_version: int = VERDICT_SCHEMA_VERSION
     callback_url: str | None = None  # the request's, carried for dfd-api's webhook sender
@@ -213,6 +216,7 @@ class Verdict:
             "metadata": self.metadata,
             "cached": self.cached,
             "near_duplicate": self.near_duplicate,
+            "early_decision": self.early_decision,
             "created_at": self.created_at,
             **({"callback_url": self.callback_url} if self.callback_url is not None else {}),
         }

@@ -60,3 +60,58 @@ def test_mean_decides_fake_early_only_when_the_rest_cannot_pull_it_down():
 def test_confident_mean_does_not_decide_with_too_many_frames_left():
     assert score_bounds([0.9], 7, "confident_mean") is None
     assert early_label([0.9], 7, "confident_mean", 0.5) is None
+
+
+# -- in the scanner ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scanners(untrained_bundle):
+    from worker.pipeline.scanner import Scanner
+    from worker.settings import Settings
+
+    def make(**kw):
+        return Scanner(Settings(model_dir=str(untrained_bundle.path), **kw))
+
+    return make
+
+
+def _one(scanner, path):
+    from worker.types import ScanRequest
+
+    (v,) = scanner.scan([ScanRequest("r", str(path))], extra_roots=[str(path.parent)])
+    return v
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "topk_mean", "confident_mean"])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.01])
+def test_early_decision_gives_the_label_of_full_scoring(scanners, carphone, aggregation, threshold):
+    full = _one(scanners(aggregation=aggregation, threshold=threshold), carphone)
+    early = _one(scanners(aggregation=aggregation, threshold=threshold, early_decision=True), carphone)
+    assert early.label == full.label
+    if early.early_decision is None:  # undecided after the first round: scored like full
+        assert early.score == pytest.approx(full.score) and len(early.faces) == len(full.faces)
+        return
+    assert early.early_decision["frames_scored"] < full.frames_with_faces == early.frames_with_faces
+    assert len(early.faces) < len(full.faces)
+    if early.early_decision["score_is"] == "lower_bound":
+        assert early.label == "fake" and early.score <= full.score + 1e-6 and early.score >= threshold
+    else:
+        assert early.label == "real" and early.score >= full.score - 1e-6 and early.score < threshold
+
+
+def test_certain_verdicts_skip_half_the_frames(scanners, carphone):
+    # a threshold of 0 makes every video fake and one above 1 every video real, whatever the
+    # scores: the first round (every other frame) is enough for mean
+    for threshold, label in ((0.0, "fake"), (1.01, "real")):
+        v = _one(scanners(aggregation="mean", threshold=threshold, early_decision=True), carphone)
+        assert v.label == label and v.early_decision is not None
+        assert v.early_decision["frames_scored"] == (v.frames_with_faces + 1) // 2
+        assert len({f.frame_index for f in v.faces}) == v.early_decision["frames_scored"]
+        assert v.to_dict()["early_decision"] == v.early_decision
+
+
+def test_off_by_default(scanners, carphone):
+    v = _one(scanners(aggregation="mean", threshold=0.0), carphone)
+    assert v.early_decision is None and v.to_dict()["early_decision"] is None
+    assert len({f.frame_index for f in v.faces}) == v.frames_with_faces
