@@ -286,10 +286,10 @@ BAD_INPUTS = {
     "text_as_mp4": (lambda p, _: (p.write_text("just some notes\n" * 200), p)[1], "unreadable_media", "not a readable video"),
     "text_as_txt": (
         lambda p, _: (p.with_suffix(".txt").write_text("just some notes\n" * 200), p.with_suffix(".txt"))[1],
-        "unreadable_media",
-        "text file",
+        "unsupported_format",
+        "not a video container",
     ),
-    "png_renamed_mp4": (lambda p, astronaut: shutil.copy(astronaut, p), "unreadable_media", "still image"),
+    "png_renamed_mp4": (lambda p, astronaut: shutil.copy(astronaut, p), "unsupported_format", "not a video container"),
     "audio_only": (lambda p, _: _audio_only(p), "no_video_stream", "only audio"),
     "music_with_cover_art": (lambda p, _: _with_cover_art(p), "no_video_stream", "only cover art and audio"),
     "truncated_mp4": (lambda p, _: _truncated_mp4(p), "unreadable_media", "not a readable video"),

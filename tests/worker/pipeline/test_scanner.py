@@ -92,13 +92,20 @@ def test_bad_files_become_error_verdicts(scanner, tmp_path, name):
     assert v.label == "error" and v.error_code and v.reason
 
 
-def test_image_renamed_mp4_and_truncated_video(scanner, tmp_path, astronaut, carphone):
-    renamed = tmp_path / "photo.mp4"
+def test_the_bytes_decide_what_a_file_is_not_its_name(scanner, tmp_path, astronaut, carphone):
+    renamed = tmp_path / "photo.mp4"  # a PNG: scanned as the image it is
     renamed.write_bytes(astronaut.read_bytes())
+    video_as_png = tmp_path / "clip.png"  # an MP4: decoded as the video it is
+    video_as_png.write_bytes(carphone.read_bytes())
+    photo, clip, original = _scan(scanner, renamed, video_as_png, astronaut)
+    assert photo.label == original.label and photo.score == original.score and photo.frames_sampled == 1
+    assert clip.frames_sampled == 10 and clip.label in ("real", "fake")
+
+
+def test_truncated_video(scanner, tmp_path, carphone):
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(carphone.read_bytes()[:3000])
-    v1, v2 = _scan(scanner, renamed, truncated)
-    assert v1.label == "error" and v1.reason
+    (v2,) = _scan(scanner, truncated)
     assert v2.label in ("error", "no_face", "real", "fake")  # a truncated file may still yield frames
     if v2.label == "error":
         assert v2.reason
