@@ -67,7 +67,12 @@ def read_image(path: Path, settings: Settings, kind: str | None = None) -> tuple
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(settings.max_pixels))
     import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        if exc.code == cv2.Error.StsNoMem:
+            raise ScanError("out_of_memory", f"decoding the {width}x{height} image ran out of memory") from exc
+        raise ScanError("unreadable_media", f"{path.name} is not a readable {kind} image") from exc
     if img is None:
         raise ScanError("unreadable_media", f"{path.name} is not a readable {kind} image")
     rgb = np.ascontiguousarray(img[:, :, ::-1])

@@ -13,8 +13,9 @@ Frames come back in one memfd (shared memory) whose descriptor is passed over th
 the parent maps it and the frames are numpy views on those pages, never pickled copies.
 
 Children come from a forkserver (started once; never a fork of the threaded worker with
-ONNX Runtime in it) and die with it: the forkserver exits when the worker exits, however
-it exits, and each child asks the kernel for SIGKILL when its parent (the forkserver) goes.
+ONNX Runtime in it). A child exits the moment the worker's end of its pipe closes, which
+the kernel does when the worker dies however it dies, busy or idle; `close` (also run at
+interpreter exit) stops them in an orderly way.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import multiprocessing as mp
 import os
 import queue
 import resource
+import select
 import shutil
 import signal
 import tempfile
@@ -154,7 +156,10 @@ class _Child:
                 self.start()
             deadline = time.monotonic() + deadline_s
             try:
-                self.conn.send(("load", request, extra_roots, should_decode is not None))
+                try:
+                    self.conn.send(("load", request, extra_roots, should_decode is not None))
+                except OSError as exc:
+                    raise _Died() from exc
                 return self._answer(should_decode, deadline)
             except _Timeout:
                 pid = self.proc.pid
@@ -189,6 +194,8 @@ class _Child:
                 return Loaded(sha256, timings_ms=timings)
             elif kind == "error":
                 _, code, reason, transient = msg
+                if code == "out_of_memory":
+                    self._discard()  # it exits after saying so: don't hand it the next request
                 raise ScanError(code, reason, transient=transient)
             elif kind == "frames":
                 _, sha256, layout, total, info, timings = msg
@@ -262,9 +269,13 @@ class _Child:
 
 def _child_main(conn, settings: Settings, tmpdir: str) -> None:
     _die_with_parent()
-    _limit_memory(settings.media_memory_mb)
-    # Set before cv2 is first imported in this process (OpenCV reads it once).
+    _watch_parent(conn)
+    # OpenCV reads its pixel cap once, when loaded; and loading it maps large libraries,
+    # which must happen before the address-space cap.
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(settings.max_pixels)
+    import cv2  # noqa: F401
+
+    _limit_memory(settings.media_memory_mb)
     tempfile.tempdir = tmpdir
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
@@ -277,22 +288,34 @@ def _child_main(conn, settings: Settings, tmpdir: str) -> None:
         _, request, extra_roots, ask = msg
 
         def should_decode(sha256: str) -> bool:
-            conn.send(("fetched", sha256))
-            return bool(conn.recv())
+            _reply(conn, ("fetched", sha256))
+            try:
+                return bool(conn.recv())
+            except (EOFError, OSError):
+                os._exit(0)
 
         try:
             loaded = load_media(request, settings, extra_roots, should_decode if ask else None)
             if loaded.info is None:
-                conn.send(("cached", loaded.sha256, loaded.timings_ms))
+                _reply(conn, ("cached", loaded.sha256, loaded.timings_ms))
             else:
                 _send_frames(conn, loaded)
         except ScanError as exc:
-            conn.send(("error", exc.code, exc.reason, exc.transient))
+            _reply(conn, ("error", exc.code, exc.reason, exc.transient))
+            if exc.code == "out_of_memory":
+                return  # whatever state the failed allocation left behind goes with this process
         except MemoryError:
-            conn.send(("error", "out_of_memory", f"decoding needed more than {settings.media_memory_mb} MB", False))
-            return  # whatever state the allocation failure left behind goes with this process
+            _reply(conn, ("error", "out_of_memory", f"decoding needed more than {settings.media_memory_mb} MiB", False))
+            return
         except Exception as exc:  # a library bug: report it, keep serving
-            conn.send(("error", "internal_error", f"{type(exc).__name__}: {exc}", False))
+            _reply(conn, ("error", "internal_error", f"{type(exc).__name__}: {exc}", False))
+
+
+def _reply(conn, msg: tuple) -> None:
+    try:
+        conn.send(msg)
+    except OSError:
+        os._exit(0)  # the parent gave up on this request (deadline) or is gone
 
 
 def _send_frames(conn, loaded: Loaded) -> None:
@@ -315,8 +338,11 @@ def _send_frames(conn, loaded: Loaded) -> None:
                     np.frombuffer(shared, np.uint8, f.image.nbytes, start)[:] = f.image.reshape(-1)
                     done.add(start)
         loaded.frames.clear()
-        conn.send(("frames", loaded.sha256, layout, total, dataclasses.asdict(loaded.info), loaded.timings_ms))
-        reduction.send_handle(conn, fd, os.getppid())
+        _reply(conn, ("frames", loaded.sha256, layout, total, dataclasses.asdict(loaded.info), loaded.timings_ms))
+        try:
+            reduction.send_handle(conn, fd, os.getppid())
+        except OSError:
+            os._exit(0)
     finally:
         os.close(fd)
 
@@ -331,6 +357,30 @@ def _die_with_parent() -> None:
         pass
     if os.getppid() == 1:  # the parent died before the request above took effect
         os._exit(0)
+
+
+def _watch_parent(conn) -> None:
+    """Exit as soon as the worker's end of the pipe closes, even in the middle of a decode.
+
+    The forkserver (the parent the kernel knows) outlives the worker while any child holds
+    its liveness pipe, so the death signal alone would not reach a child stuck in a hung
+    call; only the worker holds the other end of this socket, and the kernel closes it when
+    the worker dies, however it dies.
+    """
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLRDHUP)
+        while True:
+            for _, events in poller.poll():
+                if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    os._exit(0)
+
+    previous = threading.stack_size(256 * 1024)
+    try:
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    finally:
+        threading.stack_size(previous)
 
 
 def _limit_memory(megabytes: int) -> None:
