@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -346,3 +347,76 @@ def test_decode_timeout(bikes):
     with pytest.raises(ScanError) as err:
         decode_frames(bikes, SETTINGS.replace(decode_timeout_s=1e-9))
     assert err.value.code == "decode_timeout" and "limit" in err.value.reason
+
+
+# --- inputs cannot reach beyond their bytes -------------------------------------------------
+
+
+class _OpenWatch:
+    """Reports whether anything opened `path` since the watch began (Linux inotify IN_OPEN)."""
+
+    def __init__(self, path: Path):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, str(path).encode(), 0x20) >= 0
+
+    def opened(self) -> bool:
+        try:
+            return len(os.read(self.fd, 4096)) > 0
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def outside_segment(tmp_path):
+    """A real video outside the allowed folder, and the allowed folder."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "root").mkdir()
+    frames = [np.full((64, 96, 3), 10 * i, np.uint8) for i in range(25)]
+    return encode_clip(tmp_path / "outside" / "secret.ts", frames, fps=25), tmp_path / "root"
+
+
+@pytest.mark.parametrize("name", ["list.m3u8", "list.mp4", "clip"])
+def test_hls_playlist_pointing_outside_is_refused_and_the_target_never_opened(outside_segment, name):
+    from tests.fixtures.hostile_media import hls_playlist
+
+    segment, root = outside_segment
+    playlist = hls_playlist(root / name, segment)
+    if name == "list.m3u8":
+        # The attack is real: FFmpeg left to itself follows the playlist to the outside file.
+        watch = _OpenWatch(segment)
+        with av.open(str(playlist)) as c:
+            assert c.format.name == "hls" and next(c.decode(video=0)).width == 96
+        assert watch.opened()
+        watch.close()
+    watch = _OpenWatch(segment)
+    with pytest.raises(ScanError) as err:
+        decode_frames(playlist, SETTINGS)
+    # Under another name FFmpeg does not even take it for a playlist: just not a video.
+    assert err.value.code == ("unsupported_format" if name.endswith(".m3u8") else "unreadable_media")
+    assert not watch.opened()
+    watch.close()
+
+
+def test_concat_list_is_refused(outside_segment):
+    from tests.fixtures.hostile_media import concat_list
+
+    segment, root = outside_segment
+    watch = _OpenWatch(segment)
+    with pytest.raises(ScanError) as err:
+        decode_frames(concat_list(root / "list.ffconcat", segment), SETTINGS)
+    assert err.value.code == "unsupported_format"
+    assert not watch.opened()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi", ".ts", ".flv", ".webm", ".mov", ".mpg"])
+def test_allowed_containers_still_decode(tmp_path, suffix):
+    codec = {".webm": "libvpx-vp9", ".flv": "flv", ".mpg": "mpeg2video", ".avi": "mpeg4"}.get(suffix, "libx264")
+    frames = [np.full((64, 96, 3), 8 * i, np.uint8) for i in range(25)]
+    got, info = decode_frames(encode_clip(tmp_path / f"clip{suffix}", frames, fps=25, codec=codec), SETTINGS)
+    assert len(got) == SETTINGS.frames_per_video and info.width == 96
