@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,47 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.hostile_media import DripServer
 from worker.media.decode import decode_frames
 from worker.media.sandbox import MediaPool, hard_deadline_s
 from worker.settings import Settings
 from worker.types import ScanError, ScanRequest
-
-
-class DripServer:
-    """A real HTTP server that answers with a status line, then one header byte at a time,
-    forever: a download that the cooperative timeouts never end (each byte arrives well
-    within the read timeout, and the total-time check only runs on body bytes)."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/video.mp4"
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
-
-    def _drip(self, conn):
-        with conn:
-            try:
-                conn.recv(4096)
-                self.connected.set()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                while not self._stop.is_set():
-                    conn.sendall(b"a")
-                    time.sleep(0.2)
-            except OSError:
-                pass
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
 
 
 @pytest.fixture

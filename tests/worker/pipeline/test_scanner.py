@@ -204,3 +204,49 @@ def test_http_sources_end_to_end(untrained_bundle, video_server, carphone):
     guarded = Scanner(Settings.from_env({}, model_dir=str(untrained_bundle.path)))
     (refused,) = guarded.scan([ScanRequest("h3", f"{video_server}/carphone.mp4")])
     assert refused.label == "error" and refused.error_code == "source_refused"
+
+
+# --- containment: the media stack runs in killable child processes --------------------------
+
+
+def test_scan_contains_a_hung_download_and_answers_the_rest(untrained_bundle, carphone):
+    from tests.fixtures.hostile_media import DripServer
+
+    drip = DripServer()
+    settings = Settings.from_env({}, model_dir=str(untrained_bundle.path), http_allow_private=True, media_deadline_s=3.0)
+    try:
+        with Scanner(settings) as scanner:
+            hung, good = scanner.scan(
+                [ScanRequest("hung", drip.url), ScanRequest("good", str(carphone))], extra_roots=[str(carphone.parent)]
+            )
+            assert hung.label == "error" and hung.error_code == "timeout"
+            assert good.label in ("fake", "real") and good.frames_with_faces >= 9
+            (again,) = scanner.scan([ScanRequest("again", str(carphone))], extra_roots=[str(carphone.parent)])
+            assert again.score == good.score
+    finally:
+        drip.close()
+
+
+def test_hostile_files_get_refusals_with_codes(scanner, tmp_path, carphone):
+    from tests.fixtures.hostile_media import hls_playlist, png_header_only
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.mp4"
+    outside.write_bytes(carphone.read_bytes())
+    root = tmp_path / "root"
+    root.mkdir()
+    playlist = hls_playlist(root / "list.m3u8", outside)
+    png = png_header_only(root / "big.png", 30000, 30000)
+    v1, v2 = scanner.scan([ScanRequest("p", str(playlist)), ScanRequest("i", str(png))], extra_roots=[str(root)])
+    assert (v1.error_code, v2.error_code) == ("unsupported_format", "too_large")
+
+
+def test_thread_isolation_gives_the_same_verdicts(scanner, untrained_bundle, carphone, astronaut, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("no video here\n" * 50)
+    in_thread = Scanner(Settings.from_env({}, model_dir=str(untrained_bundle.path), media_isolation="thread"))
+    paths = (carphone, astronaut, bad)
+    a, b = _scan(scanner, *paths), _scan(in_thread, *paths)
+    assert in_thread._media is None and scanner._media is not None
+    assert [(v.label, v.score, v.error_code, v.content_sha256) for v in a] == [
+        (v.label, v.score, v.error_code, v.content_sha256) for v in b
+    ]
