@@ -183,7 +183,7 @@ def _open(path: Path, max_pixels: int) -> av.container.InputContainer:
             mode="r",
             metadata_errors="ignore",
             container_options=options,
-            options={"max_pixels": str(max_pixels)},
+            options={"max_pixels": str(_decoder_pixel_limit(max_pixels))},
         )
     except av.ArgumentError as exc:
         raise ScanError(
@@ -211,7 +211,14 @@ def _configure(stream: av.video.stream.VideoStream, max_pixels: int) -> None:
     ctx = stream.codec_context
     ctx.thread_type = _THREAD_TYPE
     # The decoder refuses a frame larger than this even if the container's header lied.
-    ctx.options = {**ctx.options, "max_pixels": str(max_pixels)}
+    ctx.options = {**ctx.options, "max_pixels": str(_decoder_pixel_limit(max_pixels))}
+
+
+def _decoder_pixel_limit(max_pixels: int) -> int:
+    """FFmpeg checks its limit against the width rounded up to its row alignment (up to 64
+    pixels more per row): 1/16 of room keeps any frame at least 1024 wide that passed the
+    header check decodable."""
+    return max_pixels + max_pixels // 16
 
 
 def _ffmpeg_message(exc: av.FFmpegError) -> str:

@@ -420,3 +420,18 @@ def test_allowed_containers_still_decode(tmp_path, suffix):
     frames = [np.full((64, 96, 3), 8 * i, np.uint8) for i in range(25)]
     got, info = decode_frames(encode_clip(tmp_path / f"clip{suffix}", frames, fps=25, codec=codec), SETTINGS)
     assert len(got) == SETTINGS.frames_per_video and info.width == 96
+
+
+def test_frames_larger_than_the_header_claims_are_refused_by_the_decoder(tmp_path):
+    """A raw H.264 stream whose frame size grows mid-stream: the header (first frames) passes the
+    pixel check, and FFmpeg's decoder, given the same limit, refuses the larger frames."""
+    small = encode_clip(tmp_path / "a.h264", [np.full((64, 128, 3), 60, np.uint8)] * 25, fps=25)
+    large = encode_clip(tmp_path / "b.h264", [np.full((150, 200, 3), 200, np.uint8)] * 25, fps=25)
+    joined = tmp_path / "grows.h264"
+    joined.write_bytes(small.read_bytes() + large.read_bytes())
+    roomy = SETTINGS.replace(max_pixels=100_000)
+    shapes = {f.image.shape for f in decode_frames(joined, roomy, strategy="sequential")[0]}
+    assert shapes == {(64, 128, 3), (150, 200, 3)}  # without a limit in the way, the larger frames decode
+    frames, info = decode_frames(joined, SETTINGS.replace(max_pixels=128 * 64), strategy="sequential")
+    assert (info.width, info.height) == (128, 64)
+    assert {f.image.shape for f in frames} == {(64, 128, 3)}  # what came before the large frames

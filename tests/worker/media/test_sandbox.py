@@ -211,3 +211,18 @@ def test_children_die_when_the_worker_is_killed(carphone, drip, tmp_path):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+def test_default_hard_deadline_is_download_plus_decode_plus_slack():
+    assert hard_deadline_s(Settings()) == 300.0 + 60.0 + 10.0
+    assert hard_deadline_s(Settings(http_total_timeout_s=20, decode_timeout_s=5)) == 35.0
+
+
+def test_a_fifo_in_the_allowed_folder_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with MediaPool(Settings(allowed_roots=(str(tmp_path),), decode_threads=1, media_deadline_s=30)) as pool:
+        t0 = time.monotonic()
+        err = _load(pool, fifo)
+        assert isinstance(err, ScanError) and err.code == "source_refused"
+        assert time.monotonic() - t0 < 20
