@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import math
 import mmap
 import multiprocessing as mp
@@ -279,6 +280,11 @@ def _child_main(conn, settings: Settings, tmpdir: str) -> None:
     tempfile.tempdir = tmpdir
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
+        # PyAV's containers and codec contexts sit in reference cycles, each holding decoder
+        # and scaler threads (12 per 720p video) and their stacks until the cycle collector
+        # runs; in this small process it seldom does, and address space ran out after ~10
+        # videos. Collect once per request, after the answer went out, off the critical path.
+        gc.collect()
         try:
             msg = conn.recv()
         except (EOFError, OSError):
@@ -308,6 +314,7 @@ def _child_main(conn, settings: Settings, tmpdir: str) -> None:
             _reply(conn, ("error", "out_of_memory", f"decoding needed more than {settings.media_memory_mb} MiB", False))
             return
         except Exception as exc:  # a library bug: report it, keep serving
+            log.exception("media_child_error", request_id=request.request_id)
             _reply(conn, ("error", "internal_error", f"{type(exc).__name__}: {exc}", False))
 
 

@@ -226,3 +226,23 @@ def test_a_fifo_in_the_allowed_folder_is_refused_without_waiting_for_a_writer(tm
         err = _load(pool, fifo)
         assert isinstance(err, ScanError) and err.code == "source_refused"
         assert time.monotonic() - t0 < 20
+
+
+def _threads_and_vm_kib(pid: int) -> tuple[int, int]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["Threads"]), int(status["VmSize"].split()[0])
+
+
+def test_a_child_does_not_pile_up_decoder_threads_or_address_space(carphone):
+    """Decoders left in reference cycles once held their threads until the address-space cap
+    failed a request after ~10 videos (EAGAIN from the scaler)."""
+    with MediaPool(_settings(carphone)) as pool:
+        for _ in range(2):
+            pool.load(ScanRequest("r", str(carphone)))
+        (pid,) = pool.pids()
+        threads, vm_kib = _threads_and_vm_kib(pid)
+        for _ in range(10):
+            pool.load(ScanRequest("r", str(carphone)))
+        later_threads, later_vm_kib = _threads_and_vm_kib(pid)
+    assert later_threads <= threads + 1
+    assert later_vm_kib < vm_kib + 64 * 1024
