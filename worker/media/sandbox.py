@@ -94,7 +94,8 @@ class MediaPool:
 
     def pids(self) -> list[int]:
         """Process ids of the children running now (tests, diagnostics)."""
-        return [c.proc.pid for c in self._children if c.proc is not None and c.proc.pid is not None]
+        procs = [c.proc for c in self._children]  # read once: another thread may replace them
+        return [p.pid for p in procs if p is not None and p.pid is not None]
 
     def close(self) -> None:
         self._closed = True
