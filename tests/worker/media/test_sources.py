@@ -234,7 +234,7 @@ def test_http_200_downloads_to_a_temporary_file(server):
     with fetch(_req(f"{server}/video.mp4?token=abc", sha256=BODY_SHA), OPEN) as video:
         assert video.path.read_bytes() == BODY
         assert (video.sha256, video.size) == (BODY_SHA, len(BODY))
-        assert video.path.suffix == ".mp4"  # callers tell images from videos by it
+        assert video.path.suffix == "" and "video" not in video.path.name  # nothing taken from the URL
         path = video.path
     assert not path.exists()
 

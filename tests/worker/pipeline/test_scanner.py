@@ -92,13 +92,20 @@ def test_bad_files_become_error_verdicts(scanner, tmp_path, name):
     assert v.label == "error" and v.error_code and v.reason
 
 
-def test_image_renamed_mp4_and_truncated_video(scanner, tmp_path, astronaut, carphone):
-    renamed = tmp_path / "photo.mp4"
+def test_the_bytes_decide_what_a_file_is_not_its_name(scanner, tmp_path, astronaut, carphone):
+    renamed = tmp_path / "photo.mp4"  # a PNG: scanned as the image it is
     renamed.write_bytes(astronaut.read_bytes())
+    video_as_png = tmp_path / "clip.png"  # an MP4: decoded as the video it is
+    video_as_png.write_bytes(carphone.read_bytes())
+    photo, clip, original = _scan(scanner, renamed, video_as_png, astronaut)
+    assert photo.label == original.label and photo.score == original.score and photo.frames_sampled == 1
+    assert clip.frames_sampled == 10 and clip.label in ("real", "fake")
+
+
+def test_truncated_video(scanner, tmp_path, carphone):
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(carphone.read_bytes()[:3000])
-    v1, v2 = _scan(scanner, renamed, truncated)
-    assert v1.label == "error" and v1.reason
+    (v2,) = _scan(scanner, truncated)
     assert v2.label in ("error", "no_face", "real", "fake")  # a truncated file may still yield frames
     if v2.label == "error":
         assert v2.reason
@@ -266,3 +273,48 @@ def test_verdicts_with_model_fields_from_a_newer_writer_still_read(scanner, carp
     d = json.loads(json.dumps(v.to_dict()))
     d["model"]["added_later"] = "x"
     assert Verdict.from_dict(d).model == v.model
+
+# --- containment: the media stack runs in killable child processes --------------------------
+
+
+def test_scan_contains_a_hung_download_and_answers_the_rest(untrained_bundle, carphone):
+    from tests.fixtures.hostile_media import DripServer
+
+    drip = DripServer()
+    settings = Settings.from_env({}, model_dir=str(untrained_bundle.path), http_allow_private=True, media_deadline_s=3.0)
+    try:
+        with Scanner(settings) as scanner:
+            hung, good = scanner.scan(
+                [ScanRequest("hung", drip.url), ScanRequest("good", str(carphone))], extra_roots=[str(carphone.parent)]
+            )
+            assert hung.label == "error" and hung.error_code == "timeout"
+            assert good.label in ("fake", "real") and good.frames_with_faces >= 9
+            (again,) = scanner.scan([ScanRequest("again", str(carphone))], extra_roots=[str(carphone.parent)])
+            assert again.score == good.score
+    finally:
+        drip.close()
+
+
+def test_hostile_files_get_refusals_with_codes(scanner, tmp_path, carphone):
+    from tests.fixtures.hostile_media import hls_playlist, png_header_only
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.mp4"
+    outside.write_bytes(carphone.read_bytes())
+    root = tmp_path / "root"
+    root.mkdir()
+    playlist = hls_playlist(root / "list.m3u8", outside)
+    png = png_header_only(root / "big.png", 30000, 30000)
+    v1, v2 = scanner.scan([ScanRequest("p", str(playlist)), ScanRequest("i", str(png))], extra_roots=[str(root)])
+    assert (v1.error_code, v2.error_code) == ("unsupported_format", "too_large")
+
+
+def test_thread_isolation_gives_the_same_verdicts(scanner, untrained_bundle, carphone, astronaut, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("no video here\n" * 50)
+    in_thread = Scanner(Settings.from_env({}, model_dir=str(untrained_bundle.path), media_isolation="thread"))
+    paths = (carphone, astronaut, bad)
+    a, b = _scan(scanner, *paths), _scan(in_thread, *paths)
+    assert in_thread._media is None and scanner._media is not None
+    assert [(v.label, v.score, v.error_code, v.content_sha256) for v in a] == [
+        (v.label, v.score, v.error_code, v.content_sha256) for v in b
+    ]
