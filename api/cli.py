@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dfd-api", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the API and the review page")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s; the port is DFD_API_PORT)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default: %(default)s)")
     sub.add_parser("webhooks", help="deliver verdicts to their callback_url")
     key = sub.add_parser("new-key", help="make an API key")
-    key.add_argument("name")
-    key.add_argument("--scopes", default="read")
+    key.add_argument("name", help="who the key is for, kept beside its hash in the keys file")
+    key.add_argument("--scopes", default="read", help="comma-separated: read, submit (default: %(default)s)")
     sub.add_parser("openapi", help="print the OpenAPI document")
     args = parser.parse_args(argv)
     command = args.command or "serve"
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(openapi_json())
         return 0
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     if command == "webhooks":
         return _webhooks(settings)
     import uvicorn

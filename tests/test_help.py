@@ -26,7 +26,7 @@ class _Captured(Exception):
         self.parser = parser
 
 
-def _capture_parser(entry: str, monkeypatch) -> argparse.ArgumentParser:
+def _capture_parser(entry: str, monkeypatch, argv: list[str]) -> argparse.ArgumentParser:
     module, func = entry.split(":")
     main = getattr(importlib.import_module(module), func)
 
@@ -36,26 +36,46 @@ def _capture_parser(entry: str, monkeypatch) -> argparse.ArgumentParser:
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", intercept)
     monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", intercept)
     with pytest.raises(_Captured) as caught:
-        main([])
+        main(argv)
     return caught.value.parser
 
 
+def _parsers(entry: str, monkeypatch):
+    """The script's parser, and for each command the parser `main([command])` builds (a script
+    may build a command's options only when that command is asked for, to start fast)."""
+    top = _capture_parser(entry, monkeypatch, [])
+    yield "", top
+    for action in top._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name in action.choices:
+                try:
+                    full = _capture_parser(entry, monkeypatch, [name])
+                except BaseException:  # a command that hands over to a parser of its own
+                    continue
+                for sub_action in full._actions:
+                    if isinstance(sub_action, argparse._SubParsersAction) and name in sub_action.choices:
+                        yield name, sub_action.choices[name]
+
+
 def _walk(parser: argparse.ArgumentParser, path: str):
+    """(where, action or None for a command, help text, whether the formatter adds defaults)"""
+    shows_defaults = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}
             for name, sub in action.choices.items():
-                yield f"{path} {name}", None, helps.get(name)
+                yield f"{path} {name}", None, helps.get(name), False
                 yield from _walk(sub, f"{path} {name}")
         elif not isinstance(action, argparse._HelpAction):
-            yield path, action, action.help
+            yield path, action, action.help, shows_defaults
 
 
 @pytest.mark.parametrize("script", sorted(ENTRY_POINTS))
 def test_every_command_and_option_has_help_with_its_default(script, monkeypatch):
-    parser = _capture_parser(ENTRY_POINTS[script], monkeypatch)
     missing, no_default = [], []
-    for where, action, text in _walk(parser, script):
+    walked = [row for command, parser in _parsers(ENTRY_POINTS[script], monkeypatch)
+              for row in (_walk(parser, script) if not command else _walk(parser, f"{script} {command}"))]
+    for where, action, text, shows_defaults in dict.fromkeys(walked):
         name = "/".join(action.option_strings) or action.dest if action else "(command)"
         if action is not None and action.help == argparse.SUPPRESS:
             continue
@@ -64,7 +84,7 @@ def test_every_command_and_option_has_help_with_its_default(script, monkeypatch)
             continue
         if action is None or not action.option_strings or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._VersionAction)):
             continue
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and not shows_defaults:
             no_default.append(f"{where}: {name} (default {action.default!r})")
     assert not missing, "commands/options without help: " + ", ".join(missing)
     assert not no_default, "options whose help does not say their default: " + ", ".join(no_default)

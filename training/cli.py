@@ -16,7 +16,6 @@ import importlib
 import logging
 import sys
 
-from training.dataset import DataError
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except where the help text already says it or there is none to show."""
@@ -48,11 +47,17 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, including the worker's (ONNX sessions, decoding)")
     sub = parser.add_subparsers(dest="command", required=True)
+    # Only the command asked for imports its module (torch, OpenCV, PyAV: seconds), so
+    # `dfd-train --help` and a mistyped command answer at once.
+    wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
-        importlib.import_module(module).add_arguments(p)
+        if name == wanted:
+            importlib.import_module(module).add_arguments(p)
     sub.add_parser("init-bundle", help="an untrained bundle (random weights): see `dfd-train init-bundle -h`")
     args = parser.parse_args(argv)
+    from training.dataset import DataError
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # the worker's INFO lines (ONNX sessions opened, ...) are noise in a training run
         logging.getLogger("worker").setLevel(logging.WARNING)
