@@ -1,4 +1,4 @@
-"""`dfd-worker`: scan videos in-process, run the streaming worker, inspect settings and models.
+"""`dfd-worker`: scan videos in-process, run the streaming worker or the Redis materializer, inspect settings and models.
 
 Exit codes of `scan`: 0 every input got a verdict (fake, real or no_face); 2 wrong usage or
 configuration (a missing or invalid model bundle, a bad setting); 3 at least one input was
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr (default: shown when stderr is a terminal)")
 
     sub.add_parser("run", help="run the streaming worker (Kafka in, Kafka and Redis out); see `dfd-worker run --help`", add_help=False)
+    sub.add_parser("materialize", help="copy the results topic into Redis (its own consumer group); see `dfd-worker materialize --help`", add_help=False)
     settings_p = sub.add_parser("settings", help="print the effective settings as JSON (secrets masked)",
                                 description="Print the settings the worker would run with, read from DFD_* variables.")
     settings_p.add_argument("--markdown", action="store_true", help="print the README's configuration table instead (default: JSON)")
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.service.runner import main as run_main
 
         return run_main(argv[1:])
+    if argv[:1] == ["materialize"]:
+        from worker.service.materializer import main as materialize_main
+
+        return materialize_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     from worker.logs import configure_logging

@@ -107,6 +107,13 @@ class Settings:
     kafka_session_timeout_ms: int = _opt(10000, "Consumer group session timeout.")
     kafka_heartbeat_interval_ms: int = _opt(1000, "Consumer group heartbeat interval.")
     kafka_max_poll_interval_ms: int = _opt(300000, "Longest gap between polls before the group evicts the worker.")
+    kafka_assignor: str = _opt(
+        "cooperative-sticky",
+        "Partition assignor: cooperative-sticky (incremental rebalancing: only the partitions that move are revoked; Kafka clients >= 2.4, any broker) or the eager range, roundrobin, sticky (every partition of every member revoked on each rebalance). All members of a group must use the same one: to switch, stop every replica, then start them with the new assignor (docs/streaming.md).",
+    )
+    kafka_group_instance_id: str = _opt(
+        "", "Static group membership id (KIP-345, brokers >= 2.3), unique per replica, e.g. the pod name: a restarted replica that rejoins within the session timeout keeps its partitions without a rebalance, but a replica that leaves for good holds its partitions until the session times out. Empty: dynamic membership."
+    )
     max_message_bytes: int = _opt(64 * 1024, "Largest request message accepted; larger ones are dead-lettered.")
     max_in_flight: int = _opt(
         8, "Requests per worker received and not yet committed, answered or not; intake pauses at it, and a crash redoes at most this many."
@@ -136,6 +143,13 @@ class Settings:
     neardup_min_fraction: float = _opt(0.5, "Fraction of a video's usable frames that must match as well.")
     neardup_banks: tuple[str, ...] = _opt(
         (), "Banks of known fakes, NAME=PATH (comma-separated): files of PDQ hashes, 64 hex digits per line; a video matching one is answered `fake`."
+    )
+    # --- materializer (`dfd-worker materialize`) -------------------------------
+    materializer_group_id: str = _opt(
+        "dfd-materializer", "Consumer group of the materializer, which copies the results topic into Redis."
+    )
+    materializer_commit_interval_s: float = _opt(
+        1.0, "Materializer: least time between offset commits (only offsets whose verdicts Redis acknowledged are committed)."
     )
     # --- retries ---------------------------------------------------------------
     retry_max_attempts: int = _opt(3, "Attempts for transient failures (HTTP 5xx, timeouts, broker or Redis errors).")

@@ -1,12 +1,35 @@
-"""kafka-python consumer, producer and admin clients configured from Settings (bootstrap, SASL/SSL, timeouts)."""
+"""kafka-python consumer, producer and admin clients configured from Settings (bootstrap, SASL/SSL,
+timeouts, partition assignor, static membership)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from worker.settings import Settings
+
+
+# settings.kafka_assignor -> kafka-python assignor; only cooperative-sticky is incremental (KIP-429)
+ASSIGNORS = {
+    "cooperative-sticky": CooperativeStickyAssignor,
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+    "sticky": StickyPartitionAssignor,
+}
+
+
+def assignor(settings: Settings) -> type:
+    try:
+        return ASSIGNORS[settings.kafka_assignor]
+    except KeyError:
+        raise ValueError(
+            f"DFD_KAFKA_ASSIGNOR={settings.kafka_assignor!r} is not one of {', '.join(sorted(ASSIGNORS))}"
+        ) from None
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
@@ -35,7 +58,7 @@ def common_config(settings: Settings) -> dict[str, Any]:
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """Group consumer: manual commits only (the offset tracker decides), earliest on a new group."""
-    return {
+    cfg = {
         **common_config(settings),
         "group_id": settings.group_id,
         "enable_auto_commit": False,
@@ -45,7 +68,12 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
         "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
         "max_partition_fetch_bytes": max(1 << 20, settings.max_message_bytes * 4),
+        # one assignor, never a list: a group cannot mix eager and cooperative members
+        "partition_assignment_strategy": [assignor(settings)],
     }
+    if settings.kafka_group_instance_id:
+        cfg["group_instance_id"] = settings.kafka_group_instance_id
+    return cfg
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

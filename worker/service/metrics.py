@@ -51,3 +51,13 @@ VERDICTS_REPLAYED = Counter(
     "Redelivered requests answered by republishing the verdict already known for the request id and model, "
     "without fetching or decoding.",
 )
+# the materializer (`dfd-worker materialize`, worker/service/materializer.py); it also counts
+# dfd_offset_commits_total, dfd_rebalances_total and dfd_failures_total{reason="cache_write"|"commit"}
+MATERIALIZED = Counter("dfd_materialized_total", "Verdicts copied from the results topic into Redis (acknowledged writes).")
+MATERIALIZER_SKIPPED = Counter(
+    "dfd_materializer_skipped_total", "Results-topic records that are not verdicts, by reason: committed past, never written.",
+    ["reason"],
+)
+MATERIALIZER_PAUSED = Gauge(
+    "dfd_materializer_paused", "1 while the materializer waits for Redis (partitions paused, nothing committed past it)."
+)

@@ -28,3 +28,26 @@ def test_sasl_ssl_settings_reach_the_clients():
 def test_ssl_without_sasl_has_no_sasl_options():
     cfg = producer_config(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile="/ca.pem"))
     assert cfg["ssl_cafile"] == "/ca.pem" and not any(k.startswith("sasl") for k in cfg)
+
+
+def test_cooperative_sticky_is_the_default_assignor_and_membership_is_dynamic():
+    from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+
+    cfg = consumer_config(Settings())
+    assert cfg["partition_assignment_strategy"] == [CooperativeStickyAssignor]
+    assert "group_instance_id" not in cfg
+
+
+def test_eager_assignor_and_static_membership_from_settings():
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+    cfg = consumer_config(Settings(kafka_assignor="range", kafka_group_instance_id="dfd-worker-7c9d-x2k4p"))
+    assert cfg["partition_assignment_strategy"] == [RangePartitionAssignor]
+    assert cfg["group_instance_id"] == "dfd-worker-7c9d-x2k4p"
+
+
+def test_unknown_assignor_is_refused_with_the_choices():
+    import pytest
+
+    with pytest.raises(ValueError, match="cooperative-sticky"):
+        consumer_config(Settings(kafka_assignor="cooperative"))
