@@ -76,7 +76,7 @@ def one(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> 
 
 
 def worker_container(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(resources, "Deployment")["spec"]["template"]["spec"]
+    pod = one(resources, "Deployment", "dfd-worker")["spec"]["template"]["spec"]
     return next(c for c in pod["containers"] if c["name"] == "worker")
 
 
@@ -105,9 +105,14 @@ def final_stage(path: Path) -> list[dockerfile.Command]:
     return stages(path)[-1]
 
 
-def pod_env(resources: list[dict[str, Any]], image_env: dict[str, str]) -> dict[str, str]:
-    """The worker container's environment: image ENV, then envFrom ConfigMaps/Secrets, then env."""
-    container = worker_container(resources)
+# what the downward API gives a pod of the worker Deployment (fieldRef -> value)
+POD_FIELDS = {"metadata.name": "dfd-worker-7c9d8f6b5-x2k4p", "metadata.namespace": "default"}
+
+
+def pod_env(resources: list[dict[str, Any]], image_env: dict[str, str], container: dict[str, Any] | None = None) -> dict[str, str]:
+    """A container's environment (the worker's by default): image ENV, then envFrom
+    ConfigMaps/Secrets, then env (downward-API fields filled in as for a pod)."""
+    container = container or worker_container(resources)
     env = dict(image_env)
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -115,7 +120,7 @@ def pod_env(resources: list[dict[str, Any]], image_env: dict[str, str]) -> dict[
         if "secretRef" in source:
             env.update(one(resources, "Secret", source["secretRef"]["name"]).get("stringData", {}))
     for var in container.get("env", []):
-        env[var["name"]] = var["value"]
+        env[var["name"]] = var["value"] if "value" in var else POD_FIELDS[var["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
 
 

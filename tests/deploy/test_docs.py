@@ -25,7 +25,7 @@ def test_quoted_defaults_and_limits_match_the_manifests():
     cpu = render(KUBERNETES / "overlays" / "cpu")
     gpu = render(KUBERNETES / "overlays" / "gpu")
     scaled = one(cpu, "ScaledObject")["spec"]
-    grace = one(cpu, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = one(cpu, "Deployment", "dfd-worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert f"`maxReplicaCount: {scaled['maxReplicaCount']}` (= partitions)" in FLAT
     assert f"`terminationGracePeriodSeconds: {grace}`" in FLAT
     thresholds = [one(r, "ScaledObject")["spec"]["triggers"][0]["metadata"]["lagThreshold"] for r in (cpu, gpu)]

@@ -37,6 +37,7 @@ BASE_LABELS = {
     "app.kubernetes.io/part-of": "deepfake-stream",
     "app.kubernetes.io/component": "worker",
 }
+MATERIALIZER_LABELS = {**BASE_LABELS, "app.kubernetes.io/name": "dfd-materializer", "app.kubernetes.io/component": "materializer"}
 # KEDA's kafka trigger vocabulary for the worker's DFD_KAFKA_SASL_MECHANISM
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 
@@ -100,14 +101,14 @@ def test_scaledobject_schema_catches_mistakes(path, value):
 
 
 def test_podmonitor_schema_catches_a_bad_interval():
-    monitor = one(render(KUBERNETES / "overlays" / "cpu"), "PodMonitor")
+    monitor = one(render(KUBERNETES / "overlays" / "cpu"), "PodMonitor", "dfd-worker")
     monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "15 seconds"
     with pytest.raises(jsonschema.ValidationError):
         validate_custom(monitor)
 
 
 def test_core_validation_catches_unknown_fields():
-    deployment = one(render(KUBERNETES / "overlays" / "cpu"), "Deployment")
+    deployment = one(render(KUBERNETES / "overlays" / "cpu"), "Deployment", "dfd-worker")
     worker_container([deployment])["livenessProbe"]["httpGet"]["paht"] = "/healthz"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
@@ -190,7 +191,7 @@ def test_probes_hit_the_health_servers_endpoints(overlay, health_server):
 
 def test_podmonitor_scrapes_the_metrics_endpoint(overlay, health_server):
     _, resources = overlay
-    monitor = one(resources, "PodMonitor")
+    monitor = one(resources, "PodMonitor", "dfd-worker")
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] in {p["name"] for p in worker_container(resources)["ports"]}
     _, port = health_server
@@ -206,7 +207,7 @@ def test_podmonitor_scrapes_the_metrics_endpoint(overlay, health_server):
 def test_grace_period_outlasts_the_drain(overlay):
     name, resources = overlay
     settings = settings_for(name, resources)
-    grace = one(resources, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = one(resources, "Deployment", "dfd-worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     # the drain, then publishing and committing the last verdicts
     assert grace >= settings.drain_grace_s + 10
 
@@ -215,7 +216,7 @@ def test_keda_watches_the_workers_group_and_topic(overlay):
     name, resources = overlay
     settings = settings_for(name, resources)
     scaled = one(resources, "ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == one(resources, "Deployment")["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == one(resources, "Deployment", "dfd-worker")["metadata"]["name"]
     (trigger,) = scaled["spec"]["triggers"]
     meta = trigger["metadata"]
     assert trigger["type"] == "kafka"
@@ -269,13 +270,15 @@ def test_max_replicas_within_the_requests_topic_partitions(overlay):
 def test_labels_and_selectors_agree(overlay):
     _, resources = overlay
     for res in resources:
-        assert res["metadata"]["labels"].items() >= BASE_LABELS.items(), res["kind"]
-    deployment = one(resources, "Deployment")
+        # the materializer's objects carry their own name and component (test_materializer_manifests.py)
+        expected = BASE_LABELS if res["metadata"]["name"] != "dfd-materializer" else MATERIALIZER_LABELS
+        assert res["metadata"]["labels"].items() >= expected.items(), res["kind"]
+    deployment = one(resources, "Deployment", "dfd-worker")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     for selector in (
         deployment["spec"]["selector"]["matchLabels"],
         one(resources, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        one(resources, "PodMonitor")["spec"]["selector"]["matchLabels"],
+        one(resources, "PodMonitor", "dfd-worker")["spec"]["selector"]["matchLabels"],
     ):
         assert selector and pod_labels.items() >= selector.items()
 
@@ -286,7 +289,7 @@ def test_overlays_agree_on_names_labels_and_images():
     assert ids["cpu"] == ids["gpu"]
     images = {}
     for name, resources in rendered.items():
-        pod = one(resources, "Deployment")["spec"]["template"]["spec"]
+        pod = one(resources, "Deployment", "dfd-worker")["spec"]["template"]["spec"]
         images[name] = {c["name"]: split_image(c["image"]) for c in pod["containers"] + pod["initContainers"]}
     # one repository for the worker, a tag per variant; one bundle image for both
     assert images["cpu"]["worker"][0] == images["gpu"]["worker"][0]
@@ -297,7 +300,7 @@ def test_overlays_agree_on_names_labels_and_images():
 
 def test_gpu_overlay_requests_a_gpu_and_gpu_nodes():
     resources = render(KUBERNETES / "overlays" / "gpu")
-    pod = one(resources, "Deployment")["spec"]["template"]["spec"]
+    pod = one(resources, "Deployment", "dfd-worker")["spec"]["template"]["spec"]
     limits = worker_container(resources)["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
@@ -307,7 +310,7 @@ def test_gpu_overlay_requests_a_gpu_and_gpu_nodes():
 
 def test_pod_runs_non_root_on_a_read_only_root_filesystem(overlay):
     name, resources = overlay
-    pod = one(resources, "Deployment")["spec"]["template"]["spec"]
+    pod = one(resources, "Deployment", "dfd-worker")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     mounts = {}
     for container in pod["containers"] + pod["initContainers"]:
@@ -326,7 +329,7 @@ def test_pod_runs_non_root_on_a_read_only_root_filesystem(overlay):
 def test_model_bundle_init_container_copies_into_the_model_dir(overlay):
     name, resources = overlay
     settings = settings_for(name, resources)
-    init = one(resources, "Deployment")["spec"]["template"]["spec"]["initContainers"][0]
+    init = one(resources, "Deployment", "dfd-worker")["spec"]["template"]["spec"]["initContainers"][0]
     script = init["command"][-1]
     assert "manifest.json" in script and script.rstrip("/").endswith(settings.model_dir)
     # the same copy the bundle image runs by default (deploy/docker/Dockerfile.bundle)
