@@ -364,7 +364,7 @@ def demo(model_dir: str | None = None) -> int:
     had_stack = read_state() is not None and status().get("running")
     stack = up()
     print(f"stack: broker {stack.bootstrap}, redis {stack.redis_url}", flush=True)
-    worker = None
+    worker = materializer = None
     try:
         bundle = Path(model_dir) if model_dir else demo_bundle()
         samples = _samples(cache_dir() / "demo")
@@ -383,6 +383,13 @@ def demo(model_dir: str | None = None) -> int:
             worker = subprocess.Popen([sys.executable, "-m", "worker.service.runner"], env=env, stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         print(f"worker: pid {worker.pid}, logs in {logs}", flush=True)
+        # the materializer copies the results topic into Redis, as in a deployment (docs/streaming.md)
+        with open(logs.with_name("demo-materializer.log"), "ab") as log:
+            materializer = subprocess.Popen(
+                [sys.executable, "-m", "worker.service.materializer"],
+                env={**env, "DFD_MATERIALIZER_GROUP_ID": "dfd-demo-materializer"}, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
         settings = Settings.from_env(env)
         next_steps, refused_about = _demo_texts()
         with ScanClient(settings) as client:
@@ -409,12 +416,13 @@ def demo(model_dir: str | None = None) -> int:
             print("\n" + next_steps.format(bundle=bundle))
         return 0 if len(got) == len(requests) + 1 else 1
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for proc in (worker, materializer):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if not had_stack:
             down()
             print("stack stopped", flush=True)
