@@ -1,4 +1,7 @@
-"""Kafka client configuration from settings: security, manual commits, group timeouts."""
+"""Kafka client configuration from settings: security, manual commits, group timeouts, assignor and
+static membership (and cooperative rebalancing against the real broker)."""
+
+import pytest
 
 from worker.service.kafka_clients import consumer_config, producer_config
 from worker.settings import Settings
@@ -47,7 +50,61 @@ def test_eager_assignor_and_static_membership_from_settings():
 
 
 def test_unknown_assignor_is_refused_with_the_choices():
-    import pytest
+
 
     with pytest.raises(ValueError, match="cooperative-sticky"):
         consumer_config(Settings(kafka_assignor="cooperative"))
+
+
+class _Recorder:
+    """A rebalance listener that notes what each hook was given."""
+
+    def __init__(self):
+        from kafka import ConsumerRebalanceListener
+
+        events = self.events = []
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                events.append(("revoked", sorted(tp.partition for tp in revoked)))
+
+            def on_partitions_assigned(self, assigned):
+                events.append(("assigned", sorted(tp.partition for tp in assigned)))
+
+        self.listener = Listener()
+
+
+def _poll_until(consumers, done, timeout_s=90):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not done():
+        for c in consumers:
+            c.poll(timeout_ms=100)
+    return done()
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_cooperative_rebalance_on_tansu_revokes_only_the_partitions_that_move(stack, static):
+    from worker.service.kafka_clients import make_consumer
+
+    settings = stack.settings(partitions=4)
+    first, second = _Recorder(), _Recorder()
+    a = make_consumer(settings.replace(kafka_group_instance_id="member-a" if static else ""))
+    b = make_consumer(settings.replace(kafka_group_instance_id="member-b" if static else ""))
+    try:
+        a.subscribe([settings.requests_topic], listener=first.listener)
+        assert _poll_until([a], lambda: len(a.assignment()) == 4)
+        b.subscribe([settings.requests_topic], listener=second.listener)
+        assert _poll_until([a, b], lambda: len(a.assignment()) == 2 and len(b.assignment()) == 2), (first.events, second.events)
+        kept = {tp.partition for tp in a.assignment()}
+        moved = {tp.partition for tp in b.assignment()}
+        assert kept | moved == {0, 1, 2, 3} and not kept & moved
+        # the first member gave up only what moved, and was never told to revoke the rest
+        revoked = [parts for kind, parts in first.events if kind == "revoked"]
+        assert revoked == [sorted(moved)], first.events
+        assert second.events == [("assigned", sorted(moved))]
+    finally:
+        a.close(autocommit=False)
+        b.close(autocommit=False)
