@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m benchmarks.detection
 	$(BIN)/python -m benchmarks.streaming
+	$(BIN)/python -m benchmarks.scaling
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.startup
 	$(BIN)/python -m benchmarks.quantization
