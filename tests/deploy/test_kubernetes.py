@@ -270,7 +270,7 @@ def test_max_replicas_within_the_requests_topic_partitions(overlay):
 def test_labels_and_selectors_agree(overlay):
     _, resources = overlay
     for res in resources:
-        # the materializer's objects carry their own name and component (test_materializer_manifests.py)
+        # the materializer's objects carry their own name and component (test_delivery_manifests.py)
         expected = BASE_LABELS if res["metadata"]["name"] != "dfd-materializer" else MATERIALIZER_LABELS
         assert res["metadata"]["labels"].items() >= expected.items(), res["kind"]
     deployment = one(resources, "Deployment", "dfd-worker")

@@ -1,5 +1,6 @@
-"""The materializer's Deployment and compose service: a real `dfd-worker` command, settings the
-code accepts, its own consumer group, probes that hit its health server, the CPU image."""
+"""Delivery in the manifests: the materializer's Deployment and compose service (a real
+`dfd-worker` command, settings the code accepts, its own consumer group, probes that hit its
+health server, the CPU image), and the workers' rebalance settings."""
 
 from __future__ import annotations
 
@@ -91,3 +92,15 @@ def test_compose_runs_a_materializer_like_the_worker():
     assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert svc["read_only"] is True
+
+
+def test_workers_rebalance_cooperatively_with_dynamic_membership(overlay):
+    """docs/streaming.md: cooperative-sticky, and no static membership for the KEDA-scaled
+    Deployment (a static member that leaves holds its partitions until the session times out)."""
+    from worker.service.kafka_clients import consumer_config
+
+    _, resources = overlay
+    settings = Settings.from_env(pod_env(resources, dockerfile_env(DOCKER / "Dockerfile.cpu")))
+    assert settings.kafka_assignor == "cooperative-sticky"
+    assert settings.kafka_group_instance_id == ""
+    assert "group_instance_id" not in consumer_config(settings)
