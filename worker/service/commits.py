@@ -19,6 +19,7 @@ import time
 from typing import Any, Hashable
 
 import structlog
+from kafka.errors import RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from worker.service import metrics
@@ -104,7 +105,12 @@ class CommitPath:
                 return True
             try:
                 self.consumer.commit(_request(offsets))
-            except Exception as exc:  # rebalance in progress, broker away
+            except RebalanceInProgressError:
+                # with the cooperative assignor the loop keeps turning while the group rebalances,
+                # and the broker refuses commits until the round completes: the next one carries it
+                log.info("commit_deferred", reason="rebalance_in_progress")
+                return False
+            except Exception as exc:  # broker away
                 metrics.FAILURES.labels("commit").inc()
                 log.warning("commit_failed", error=str(exc))
                 return False

@@ -30,6 +30,8 @@ class RebalanceHandler(AsyncConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked):
         metrics.REBALANCES.labels("revoked").inc()
+        # cooperative assignor: only the partitions that move, and already out of the assignment
+        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked), owned=self._owned())
         known = self.commits.partitions()
         partitions = [tp for tp in revoked if tp in known]
         if partitions:
@@ -43,9 +45,13 @@ class RebalanceHandler(AsyncConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned):
         metrics.REBALANCES.labels("assigned").inc()
-        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        # with the cooperative assignor `assigned` holds only the partitions added: log the whole set too
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned), owned=self._owned())
         if self.health is not None:
             self.health.tick(broker_reachable=True)
+
+    def _owned(self) -> list[int]:
+        return sorted(tp.partition for tp in self.commits.consumer.assignment())
 
     async def on_partitions_lost(self, lost):
         metrics.REBALANCES.labels("lost").inc()
