@@ -155,7 +155,11 @@ class Materializer:
         """Keep the group membership (poll with everything paused) while Redis is away."""
         try:
             self.consumer.pause(*self.consumer.assignment())  # partitions assigned meanwhile
-            self.consumer.poll(timeout_ms=int(RETRY_S * 1000))
+            records = self.consumer.poll(timeout_ms=int(RETRY_S * 1000))
+            # a partition assigned during this very poll is not paused yet: hand its records back
+            for tp, batch in records.items():
+                if batch:
+                    self.consumer.seek(tp, batch[0].offset)
             self.health.tick(broker_reachable=True)
         except KafkaError as exc:
             log.warning("poll_failed", error=str(exc))
