@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from tests.deploy.conftest import DOCKER, KUBERNETES, OVERLAYS, dockerfile_env, one, pod_env
-from tests.deploy.kustomize import render, split_image
+from tests.deploy.conftest import render, split_image
 from tests.deploy.test_compose import compose, service_settings
 from worker.cli import main
 from worker.settings import Settings
