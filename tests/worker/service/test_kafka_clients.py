@@ -74,14 +74,29 @@ class _Recorder:
         self.listener = Listener()
 
 
-def _poll_until(consumers, done, timeout_s=90):
+def _poll_until(consumers, done, timeout_s=120):
+    """Poll each consumer from its own thread (as each worker does) until `done()` or the timeout."""
+    import threading
     import time
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not done():
-        for c in consumers:
+    stop = threading.Event()
+
+    def loop(c):
+        while not stop.is_set():
             c.poll(timeout_ms=100)
-    return done()
+
+    threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in consumers]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done():
+            time.sleep(0.1)
+        return done()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
 
 
 @pytest.mark.broker
