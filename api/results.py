@@ -7,7 +7,6 @@ fails gets the same records again after a pause), until `stop` is set.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable
 
 import structlog

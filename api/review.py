@@ -79,7 +79,6 @@ def timeline(v: Verdict) -> dict:
 
 
 def install(app: FastAPI, services, reader) -> None:
-    settings = services.settings
 
     def page(template: str, status: int = 200, **context) -> HTMLResponse:
         html = _env.get_template(template).render(**context)

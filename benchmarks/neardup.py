@@ -41,7 +41,7 @@ from worker.media.encode import encode_clip
 from worker.paths import cache_dir
 from worker.pipeline import neardup as nd
 from worker.settings import Settings
-from worker.types import LABEL_FAKE, LABEL_REAL, ScanRequest, Verdict
+from worker.types import LABEL_FAKE, ScanRequest, Verdict
 
 CACHE = cache_dir() / "bench-neardup-v1"
 FPS = 25
