@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.startup
 	$(BIN)/python -m benchmarks.quantization
+	$(BIN)/python -m benchmarks.early_decision
 	$(BIN)/python -m benchmarks.neardup
 
 # GPU figures (CUDA and TensorRT providers, fp16 classifier, detection batch 32): onnxruntime-gpu
@@ -63,6 +64,7 @@ LOCK := $(BIN)/uv pip compile pyproject.toml deploy/requirements/build.in --gene
 lock: setup
 	$(LOCK) --extra cpu -o deploy/requirements/cpu.lock
 	$(LOCK) deploy/requirements/gpu.in --extra gpu -o deploy/requirements/gpu.lock
+	$(LOCK) --extra api -o deploy/requirements/api.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache

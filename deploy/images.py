@@ -1,6 +1,6 @@
 """Build the images with podman, on machines with or without a reachable container registry.
 
-    python3 deploy/images.py build cpu|gpu|bundle [--tag T] [--bundle DIR]   # one image
+    python3 deploy/images.py build cpu|gpu|bundle|api [--tag T] [--bundle DIR]   # one image
     python3 deploy/images.py all [--bundle DIR]                              # `make images`
     python3 deploy/images.py base                                            # just the base image
 
@@ -35,7 +35,8 @@ CONTAINERS_CONF = REPO / "deploy" / "podman" / "containers.conf"
 OFFICIAL = {"python": "docker.io/library/python:3.11-slim-bookworm", "busybox": "docker.io/library/busybox:1.37"}
 LOCAL_BASE = "localhost/dfd-base:bookworm-python3.11"
 APT_PACKAGES = ["podman", "runc", "debootstrap", "containernetworking-plugins", "iptables", "catatonit"]
-TAGS = {"cpu": "localhost/dfd-worker:cpu", "gpu": "localhost/dfd-worker:gpu", "bundle": "localhost/dfd-model-bundle:local"}
+TAGS = {"cpu": "localhost/dfd-worker:cpu", "gpu": "localhost/dfd-worker:gpu", "bundle": "localhost/dfd-model-bundle:local",
+        "api": "localhost/dfd-api:local"}
 
 
 class Unavailable(RuntimeError):
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             tag, seconds = build(args.variant, args.tag, args.bundle)
             print(f"{tag}: {image_size(tag) / 1e6:.0f} MB, built in {seconds:.0f} s")
             return 0
-        for variant in ("cpu", "gpu", "bundle"):
+        for variant in ("cpu", "gpu", "bundle", "api"):
             if variant == "bundle" and not args.bundle:
                 print("bundle: skipped (no --bundle DIR / BUNDLE=DIR given)")
                 continue

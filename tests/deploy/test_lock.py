@@ -50,13 +50,13 @@ def problems(variant: str, lock: dict[str, tuple[str, list[str]]]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "api"])
 def test_lock_is_in_step_with_pyproject(variant):
     lock = locked(variant)
     assert problems(variant, lock) == [], "run `make lock`"
-    # one ONNX Runtime per image, never both (they share a module name)
+    # one ONNX Runtime per worker image, never both (they share a module name); none for the API
     runtimes = {"onnxruntime", "onnxruntime-gpu"} & set(lock)
-    assert runtimes == ({"onnxruntime"} if variant == "cpu" else {"onnxruntime-gpu"})
+    assert runtimes == {"cpu": {"onnxruntime"}, "gpu": {"onnxruntime-gpu"}, "api": set()}[variant]
 
 
 def test_a_stale_lock_is_caught():
@@ -72,7 +72,7 @@ def test_a_stale_lock_is_caught():
     assert any(p.startswith("numpy==") and p.endswith("has no hash") for p in found)
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "api"])
 def test_dockerfiles_install_from_the_lock_with_hashes(variant):
     text = (DOCKER / f"Dockerfile.{variant}").read_text()
     assert f"COPY deploy/requirements/{variant}.lock" in text
