@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -46,6 +44,7 @@ import numpy as np
 import redis
 import structlog
 
+from worker.service.cache import OutageBackoff
 from worker.settings import Settings
 from worker.types import LABEL_FAKE, LABEL_REAL, FaceResult, Frame, Verdict
 
@@ -344,8 +343,7 @@ class NearDuplicates:
         self.min_fraction = settings.neardup_min_fraction
         self.banks = banks
         self.index = index
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self._backoff = OutageBackoff(OUTAGE_BACKOFF_S)
 
     @classmethod
     def from_settings(cls, settings: Settings, model_sha256: str, client: redis.Redis | None = None) -> "NearDuplicates | None":
@@ -446,12 +444,10 @@ class NearDuplicates:
             log.warning("neardup_record_failed", request_id=verdict.request_id, error=str(exc))
 
     def _in_outage(self) -> bool:
-        with self._lock:
-            return time.monotonic() < self._down_until
+        return self._backoff.active()
 
     def _outage(self) -> None:
-        with self._lock:
-            self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
+        self._backoff.failed()
 
 
 # -- making banks -----------------------------------------------------------------------------

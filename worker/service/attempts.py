@@ -12,14 +12,12 @@ hanging Redis does not add a socket timeout to every request.
 
 from __future__ import annotations
 
-import threading
-import time
 
 import redis
 import structlog
 
 from worker.service import metrics
-from worker.service.cache import OUTAGE_BACKOFF_S
+from worker.service.cache import OutageBackoff
 
 log = structlog.get_logger(__name__)
 
@@ -33,16 +31,14 @@ class AttemptCounter:
         self.client = client
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self._backoff = OutageBackoff()
 
     def start(self, topic: str, partition: int, offset: int) -> int | None:
         """Count one more attempt and return the total so far, or None when Redis cannot say."""
         key = attempts_key(self.prefix, topic, partition, offset)
-        with self._lock:
-            if time.monotonic() < self._down_until:
-                metrics.FAILURES.labels("attempts_unavailable").inc()
-                return None
+        if self._backoff.active():
+            metrics.FAILURES.labels("attempts_unavailable").inc()
+            return None
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.incr(key)
@@ -50,8 +46,7 @@ class AttemptCounter:
             count, _ = pipe.execute()
             return int(count)
         except redis.RedisError as exc:
-            with self._lock:
-                self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
+            self._backoff.failed()
             metrics.FAILURES.labels("attempts_unavailable").inc()
             log.warning("attempt_count_failed", key=key, error=str(exc))
             return None

@@ -31,6 +31,24 @@ log = structlog.get_logger(__name__)
 OUTAGE_BACKOFF_S = 2.0
 
 
+class OutageBackoff:
+    """After a failed Redis call, skip Redis for `seconds`: a Redis that hangs or refuses then
+    costs one timeout every few seconds instead of one per request. Thread-safe."""
+
+    def __init__(self, seconds: float = OUTAGE_BACKOFF_S):
+        self.seconds = seconds
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def active(self) -> bool:
+        with self._lock:
+            return time.monotonic() < self._until
+
+    def failed(self) -> None:
+        with self._lock:
+            self._until = time.monotonic() + self.seconds
+
+
 def request_key(prefix: str, request_id: str) -> str:
     return f"{prefix}:verdict:req:{request_id}"
 
@@ -68,8 +86,7 @@ class VerdictCache:
         self.lookup_by_content = lookup_by_content
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self._backoff = OutageBackoff()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "VerdictCache":
@@ -161,12 +178,10 @@ class VerdictCache:
             return None
 
     def _in_outage(self) -> bool:
-        with self._lock:
-            return time.monotonic() < self._down_until
+        return self._backoff.active()
 
     def _outage(self) -> None:
-        with self._lock:
-            self._down_until = time.monotonic() + OUTAGE_BACKOFF_S
+        self._backoff.failed()
 
     def ping(self) -> bool:
         try:
