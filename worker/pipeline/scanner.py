@@ -186,6 +186,7 @@ class Scanner:
             content_sha256=video.content_sha256,
             timings_ms=dict(video.timings_ms),
             metadata=req.metadata,
+            callback_url=req.callback_url,
             near_duplicate=match.to_dict(reused=True),
         )
 

@@ -209,6 +209,18 @@ def test_a_bank_entry_flags_its_matches(untrained_bundle, stack, footage, bikes,
     assert miss.near_duplicate is None and "detect" in miss.timings_ms
 
 
+def test_a_reused_verdict_keeps_the_requests_callback_url(untrained_bundle, stack, footage, tmp_path):
+    """dfd-api's webhook sender delivers to the verdict's callback_url: a verdict answered from
+    a match must carry it like any other."""
+    frames, _ = decode_frames(footage["original"], Settings())
+    bank = tmp_path / "known-fakes.txt"
+    bank.write_text("".join(neardup.hash_image(f.image)[0].hex() + "\n" for f in frames))
+    scanner = Scanner(_settings(untrained_bundle, stack.redis_url, neardup_index=False, neardup_banks=(f"viral={bank}",)))
+    request = ScanRequest("with-callback", str(footage["crf35"]), callback_url="https://hooks.example.org/dfd")
+    (v,) = scanner.scan([request], extra_roots=[str(footage["crf35"].parent)])
+    assert v.near_duplicate["reused"] is True and v.callback_url == "https://hooks.example.org/dfd"
+
+
 def test_off_switch(untrained_bundle, stack, footage, tmp_path):
     on = Scanner(_settings(untrained_bundle, stack.redis_url, threshold=1.0))
     _seed_fake(on, footage["original"], "known-fake-off")
