@@ -14,8 +14,7 @@ import signal
 import sys
 import threading
 
-from worker.logs import configure_logging
-from worker.settings import Settings
+# structlog, FastAPI and the Redis/Kafka clients are imported where used: --help answers at once
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "openapi":
         sys.stdout.write(openapi_json())
         return 0
+    from worker.logs import configure_logging
+    from worker.settings import Settings
+
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     if command == "webhooks":
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def app_from_env():
     from api.app import create_app
+    from worker.settings import Settings
 
     return create_app(Settings.from_env())
 
@@ -62,6 +65,7 @@ def openapi_json() -> str:
     """The document as committed in docs/openapi.json (made without Redis, Kafka or keys)."""
     from api.app import create_app
     from api.keys import KeyStore
+    from worker.settings import Settings
 
     return json.dumps(create_app(Settings(), KeyStore(), run_indexer=False).openapi(), indent=2, sort_keys=True) + "\n"
 
@@ -79,7 +83,7 @@ def _new_key(name: str, scopes: str) -> int:
     return 0
 
 
-def _webhooks(settings: Settings) -> int:
+def _webhooks(settings) -> int:
     from api.webhooks import run_sender
 
     stop = threading.Event()
