@@ -330,7 +330,7 @@ def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank
     closest = sorted(distinct["closest"])
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with `python -m benchmarks.neardup --write docs/benchmarks.md`, on the 2-core "
-        f"machine while 8 engineers shared it (load average {os.getloadavg()[0]:.1f} at the end: wall times are noisy). "
+        f"machine (load average {os.getloadavg()[0]:.1f} at the end; wall times are noisy when it is high). "
         f"Rule: distance <= {settings.neardup_max_distance}, at least {settings.neardup_min_frames} frames and "
         f"{settings.neardup_min_fraction:.0%} of the usable frames; {settings.frames_per_video} sampled frames per video.",
         "",
