@@ -69,16 +69,6 @@ def media(varied_clips):
     server.close()
 
 
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
 def _results(settings):
     return read_topic(settings.kafka_bootstrap, settings.results_topic, idle_s=1.0)
 

@@ -29,16 +29,6 @@ def settings(stack, untrained_bundle, varied_clips):
     )
 
 
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
 def _submit(settings, clips, tag):
     client = ScanClient(settings)
     ids = client.submit([ScanRequest(f"{tag}-{i}", str(c)) for i, c in enumerate(clips)])
