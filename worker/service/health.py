@@ -11,11 +11,13 @@ Ready means alive, models loaded, the broker reachable and no publish failing fo
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Protocol
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.service import metrics
@@ -135,3 +137,37 @@ class HealthServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Loop(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def serve_until_signal(port: int, build: Callable[[HealthState], Loop], *, build_failed_code: int = 4) -> int:
+    """The process shell shared by the worker and the materializer: health endpoints up first (so a
+    pod that cannot load its models still answers /healthz and is seen as not ready), then `build`,
+    then run until SIGTERM/SIGINT asks the loop to stop. Returns the exit code."""
+    log = structlog.get_logger()
+    health = HealthState()
+    server = HealthServer(health, port).start() if port else None
+    if server:
+        log.info("health_endpoints", port=server.port)
+    try:
+        try:
+            loop = build(health)
+        except Exception as exc:
+            log.error("models_not_loaded", error=str(exc))
+            return build_failed_code
+
+        def on_signal(signum, _frame):
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            loop.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        loop.run()
+        return 0
+    finally:
+        if server:
+            server.stop()

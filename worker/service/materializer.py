@@ -16,7 +16,6 @@ rewrites at most one commit interval of verdicts.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from worker.service import metrics
 from worker.service.cache import VerdictCache
-from worker.service.health import HealthServer, HealthState
+from worker.service.health import HealthState, serve_until_signal
 from worker.service.kafka_clients import make_consumer
 from worker.service.messages import decode_verdict
 from worker.settings import Settings
@@ -200,24 +199,7 @@ class Materializer:
 
 
 def run(settings: Settings) -> int:
-    health = HealthState()
-    server = HealthServer(health, settings.http_port).start() if settings.http_port else None
-    if server:
-        log.info("health_endpoints", port=server.port)
-    materializer = Materializer(settings, health=health)
-
-    def on_signal(signum, _frame):
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        materializer.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        materializer.run()
-    finally:
-        if server:
-            server.stop()
-    return 0
+    return serve_until_signal(settings.http_port, lambda health: Materializer(settings, health=health))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import threading
 import time
@@ -40,7 +39,7 @@ from worker.service.attempts import AttemptCounter
 from worker.service.batching import Batcher
 from worker.service.cache import VerdictCache
 from worker.service.commits import CommitPath
-from worker.service.health import HealthServer, HealthState
+from worker.service.health import HealthState, serve_until_signal
 from worker.service.intake import Intake
 from worker.service.kafka_clients import make_consumer, make_producer
 from worker.service.loading import LoadStep
@@ -239,32 +238,7 @@ def run(settings: Settings) -> int:
     """Load the models, serve health endpoints, consume until SIGTERM/SIGINT. Returns an exit code."""
     from worker.pipeline.scanner import Scanner
 
-    health = HealthState()
-    server = None
-    if settings.http_port:
-        server = HealthServer(health, settings.http_port).start()
-        log.info("health_endpoints", port=server.port)
-    try:
-        scanner = Scanner(settings)
-    except Exception as exc:
-        log.error("models_not_loaded", error=str(exc))
-        if server:
-            server.stop()
-        return 4
-    runner = Runner(settings, scanner, health=health)
-
-    def on_signal(signum, _frame):
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        runner.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        runner.run()
-    finally:
-        if server:
-            server.stop()
-    return 0
+    return serve_until_signal(settings.http_port, lambda health: Runner(settings, Scanner(settings), health=health))
 
 
 def main(argv: list[str] | None = None) -> int:

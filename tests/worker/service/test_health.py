@@ -189,3 +189,56 @@ def test_handling_limit_is_the_decode_and_download_deadlines_plus_a_margin():
 
     assert handling_limit_s(Settings()) == 480.0  # the figure docs/streaming.md gives for the defaults
     assert handling_limit_s(Settings(decode_timeout_s=10, http_total_timeout_s=20)) == 150.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Loop:
+    """Stands in for the worker's or materializer's main loop: runs until stopped, probing /healthz."""
+
+    def __init__(self, port):
+        import threading
+
+        self.port, self.stopped, self.seen = port, threading.Event(), None
+
+    def run(self):
+        self.seen = _get(self.port, "/healthz")[0]
+        self.stopped.wait(10)
+
+    def stop(self):
+        self.stopped.set()
+
+
+def test_serve_until_signal_runs_until_sigterm_then_stops_serving():
+    import os
+    import signal
+    import threading
+
+    from worker.service.health import serve_until_signal
+
+    port, loops = _free_port(), []
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        code = serve_until_signal(port, lambda health: loops.append(_Loop(port)) or loops[0])
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert code == 0 and loops[0].stopped.is_set() and loops[0].seen == 200
+    with pytest.raises(OSError):  # the endpoints went down with the loop
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_serve_until_signal_build_failure_is_exit_code_4():
+    from worker.service.health import serve_until_signal
+
+    def build(health):
+        raise FileNotFoundError("no model.onnx")
+
+    assert serve_until_signal(_free_port(), build) == 4
