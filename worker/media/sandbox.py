@@ -92,6 +92,13 @@ class MediaPool:
         finally:
             self._idle.put(child)
 
+    def start(self) -> "MediaPool":
+        """Start every child now rather than on first use, so the first requests after a worker
+        (re)start do not each wait for a process to spawn and import the decoders."""
+        for child in self._children:
+            child.ensure_started()
+        return self
+
     def pids(self) -> list[int]:
         """Process ids of the children running now (tests, diagnostics)."""
         procs = [c.proc for c in self._children]  # read once: another thread may replace them
@@ -149,13 +156,20 @@ class _Child:
         self.conn = parent_conn
         log.debug("media_child_started", pid=self.proc.pid)
 
+    def ensure_started(self) -> None:
+        with self._lock:
+            self._ensure_started_locked()
+
+    def _ensure_started_locked(self) -> None:
+        if self.proc is None or not self.proc.is_alive():
+            self._discard()
+            self.start()
+
     def run(
         self, request: ScanRequest, extra_roots: tuple[str, ...], should_decode: ShouldDecode | None, deadline_s: float
     ) -> Loaded:
         with self._lock:
-            if self.proc is None or not self.proc.is_alive():
-                self._discard()
-                self.start()
+            self._ensure_started_locked()
             deadline = time.monotonic() + deadline_s
             try:
                 try:

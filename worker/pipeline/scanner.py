@@ -119,6 +119,11 @@ class Scanner:
             return _readdress(hits[0], request)
         return DecodedVideo(request, loaded.frames, loaded.info, content_sha256=loaded.sha256, timings_ms=loaded.timings_ms)
 
+    def start_media(self) -> None:
+        """Spawn the media children now (the service calls this before it consumes)."""
+        if self._media is not None:
+            log.info("media_children_started", pids=self._media.start().pids())
+
     def close(self) -> None:
         """Stop the media child processes (they also stop on their own when this process exits)."""
         if self._media is not None:

@@ -118,6 +118,9 @@ class Runner:
         self._stop.set()
 
     def run(self) -> None:
+        start_media = getattr(self.scanner, "start_media", None)  # test doubles have no media children
+        if start_media is not None:
+            start_media()
         self.redis_writer.start()
         self.publisher.start()
         self.batcher.start()

@@ -246,3 +246,13 @@ def test_a_child_does_not_pile_up_decoder_threads_or_address_space(carphone):
         later_threads, later_vm_kib = _threads_and_vm_kib(pid)
     assert later_threads <= threads + 1
     assert later_vm_kib < vm_kib + 64 * 1024
+
+
+def test_start_spawns_every_child_up_front_and_loads_reuse_them(carphone):
+    with MediaPool(_settings(carphone).replace(decode_threads=2)) as pool:
+        assert pool.pids() == []  # lazily, until asked
+        pids = sorted(pool.start().pids())
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert sorted(pool.start().pids()) == pids  # starting again spawns nothing
+        assert not isinstance(_load(pool, carphone), ScanError)
+        assert sorted(pool.pids()) == pids  # the first load found its child already running

@@ -164,3 +164,18 @@ def test_worker_joining_mid_run_triggers_a_drained_rebalance_without_loss(settin
         p.send_signal(signal.SIGTERM)
     assert [p.wait(60) for p in procs] == [0, 0]
     assert committed_offsets(settings, PARTITIONS) == {p: sum(1 for (q, _) in positions if q == p) for p in range(PARTITIONS)}
+
+
+def test_media_children_are_running_before_the_first_request(settings, procs, tmp_path):
+    """A restarted worker spawns its decoder children at start, not on its first requests."""
+    log_path = tmp_path / "w.log"
+    worker = start_worker(settings.replace(decode_threads=2), log_path)
+    procs.append(worker)
+    wait_for_log(log_path, '"event": "worker_started"', timeout_s=90, proc=worker)
+    (line,) = [json.loads(x) for x in log_path.read_text().splitlines() if '"media_children_started"' in x]
+    assert len(line["pids"]) == 2 and worker.pid not in line["pids"]
+    for pid in line["pids"]:
+        with open(f"/proc/{pid}/status") as f:  # alive (not a zombie) while no request has come
+            assert "\nState:\tZ" not in f.read()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
