@@ -232,13 +232,13 @@ def bulk_load(index: nd.HashIndex, count: int, seed: int = 0, per_video: int = 1
     for start in range(0, count, 1000):
         pipe.hset(f"{index.ns}:h", mapping={str(int(ids[j])): hashes[j].tobytes() for j in range(start, min(start + 1000, count))})
     pipe.execute()
-    # one SADD per (chunk, value) with all its ids: about 16 x 65536 commands for 1M hashes
+    # one APPEND per (chunk, value) with all its ids packed: about 16 x 65536 commands for 1M hashes
     for c in range(nd.CHUNKS):
         values = hashes[:, 2 * c].astype(np.int64) << 8 | hashes[:, 2 * c + 1]
         order = np.argsort(values, kind="stable")
         bounds = np.flatnonzero(np.diff(values[order])) + 1
         for group in np.split(order, bounds):
-            pipe.sadd(f"{index.ns}:c:{c}:{int(values[group[0]]):04x}", *ids[group].tolist())
+            pipe.append(f"{index.ns}:p:{c}:{int(values[group[0]]):04x}", ids[group].astype("<u8").tobytes())
         pipe.execute()
     pipe = client.pipeline(transaction=False)
     for v in range(first, first + count // per_video):

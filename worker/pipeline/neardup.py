@@ -252,32 +252,40 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 
 
 # -- the Redis index ----------------------------------------------------------------------
-# Keeps, for each query hash (16 consecutive chunk sets in KEYS), the ids found in at least
-# ARGV[2] of its sets (skipping oversized sets), and returns those candidates' ids and hashes
-# in one round trip. KEYS[1] is the id -> hash table.
-_CANDIDATES_LUA = """
-local cap, need = tonumber(ARGV[1]), tonumber(ARGV[2])
-local seen, ids = {}, {}
-for q = 2, #KEYS, 16 do
-  local hits = {}
-  for i = q, q + 15 do
-    local n = redis.call('SCARD', KEYS[i])
-    if n > 0 and n <= cap then
-      for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
-        local h = (hits[id] or 0) + 1
-        hits[id] = h
-        if h == need and not seen[id] then seen[id] = true; ids[#ids + 1] = id end
-      end
-    end
+# One round trip for the posting lists of every chunk of every query hash. KEYS[1] is the
+# namespace's id -> hash table ({ns}:h); the posting-list keys ({ns}:p:{i}:{value}) are
+# derived here from ARGV[2], the query hashes end to end, so a lookup sends 32 bytes per hash
+# instead of 16 key names (packing those in redis-py cost more than the lookup itself).
+# They carry the namespace's hash tag, so they lie in KEYS[1]'s slot, which Redis Cluster
+# requires of keys a script did not declare (tests/worker/pipeline/test_neardup.py runs it
+# on a cluster-mode server). Lists missing, not ours (not a string, not whole 8-byte ids) or
+# longer than ARGV[1] bytes (a crowded chunk value) count as empty. The reply: one string of
+# little-endian 4-byte lengths, 16 per query hash, and one string of the lists end to end.
+# Counting the ids is left to the client (numpy): done in Lua it costs more server time than
+# the second round trip it would save (docs/benchmarks.md).
+_POSTINGS_LUA = """
+local ns = string.sub(KEYS[1], 1, -3)
+local cap, q = tonumber(ARGV[1]), ARGV[2]
+local keys = {}
+for h = 0, #q / 32 - 1 do
+  for i = 0, 15 do
+    local a, b = string.byte(q, 32 * h + 2 * i + 1, 32 * h + 2 * i + 2)
+    keys[#keys + 1] = string.format('%s:p:%d:%02x%02x', ns, i, a, b)
   end
 end
-local hashes = {}
-for i = 1, #ids, 1000 do
-  local part = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
-  for _, h in ipairs(part) do hashes[#hashes + 1] = h end
+if #keys == 0 then return {'', ''} end
+local parts = redis.call('MGET', unpack(keys))
+local lens = {}
+for i = 1, #keys do
+  local p = parts[i]
+  if type(p) ~= 'string' or #p > cap or #p % 8 ~= 0 then p = '' end
+  parts[i] = p
+  lens[i] = struct.pack('<I4', #p)
 end
-return {ids, hashes}
+return {table.concat(lens), table.concat(parts)}
 """
+_ID = np.dtype("<u8")
+MAX_QUERY_HASHES = 64  # the counting below packs the query number into 6 bits
 
 
 class HashIndex:
@@ -287,33 +295,57 @@ class HashIndex:
         self.client = client
         self.ns = f"{prefix}:nd:{{{model_sha256[:16]}}}"
         self.ttl_s = ttl_s
-        self._candidates = client.register_script(_CANDIDATES_LUA)
+        self._postings = client.register_script(_POSTINGS_LUA)
 
     def chunk_keys(self, bits: bytes) -> list[str]:
-        return [f"{self.ns}:c:{i}:{bits[2 * i : 2 * i + 2].hex()}" for i in range(CHUNKS)]
+        """The posting-list keys of a hash's 16 chunks."""
+        return [f"{self.ns}:p:{i}:{bits[2 * i : 2 * i + 2].hex()}" for i in range(CHUNKS)]
+
+    def candidate_ids(self, hashes: Sequence[bytes]) -> np.ndarray:
+        """Ids (sorted) that share at least MIN_CHUNK_HITS chunks with one of `hashes`: one round trip."""
+        if not hashes:
+            return np.zeros(0, np.int64)
+        if len(hashes) > MAX_QUERY_HASHES:
+            raise ValueError(f"at most {MAX_QUERY_HASHES} hashes per lookup, got {len(hashes)}")
+        if any(len(h) != HASH_BYTES for h in hashes):
+            raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes")
+        lens, blob = self._postings(keys=[f"{self.ns}:h"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes)])
+        counts = np.frombuffer(lens, "<u4") // _ID.itemsize
+        ids = np.frombuffer(blob, _ID)
+        query = np.repeat(np.arange(len(counts), dtype=np.uint64) // CHUNKS, counts)
+        # one entry per (id, query hash) found in MIN_CHUNK_HITS of that hash's 16 lists
+        pairs, hits = np.unique((ids << np.uint64(6)) | query, return_counts=True)
+        return np.unique(pairs[hits >= MIN_CHUNK_HITS] >> np.uint64(6)).astype(np.int64)
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
+        """(ids, [K, 32] hashes, {video: summary}) for candidate ids, in one round trip; ids
+        without a hash (not ours) and videos without a summary (expired, not ours) are left out."""
+        if len(ids) == 0:
+            return np.zeros(0, np.int64), as_matrix([]), {}
+        videos = sorted({int(i) // SLOTS_PER_VIDEO for i in ids})
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(f"{self.ns}:h", [str(int(i)) for i in ids])
+        pipe.mget([f"{self.ns}:v:{v}" for v in videos])
+        raw, bodies = pipe.execute()
+        summaries = {}
+        for video, body in zip(videos, bodies):
+            try:
+                summary = json.loads(body) if body else None
+            except (ValueError, TypeError):
+                summary = None  # a foreign value under our key: not a match
+            if isinstance(summary, dict):
+                summaries[video] = summary
+        keep = [(int(i), h) for i, h in zip(ids, raw) if h and len(h) == HASH_BYTES]
+        return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep]), summaries
 
     def candidates(self, hashes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """(hash ids, [K, 32] hashes) sharing at least MIN_CHUNK_HITS chunks with one of `hashes`."""
-        keys = [f"{self.ns}:h"] + [k for h in hashes for k in self.chunk_keys(h)]
-        ids, raw = self._candidates(keys=keys, args=[MAX_BUCKET, MIN_CHUNK_HITS])
-        # anything else under our keys (a foreign value) is not a candidate
-        keep = [(int(i), h) for i, h in zip(ids, raw) if i.isdigit() and h and len(h) == HASH_BYTES]
-        return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep])
-
-    def summaries(self, videos: Sequence[int]) -> list[dict | None]:
-        if not videos:
-            return []
-        out = []
-        for body in self.client.mget([f"{self.ns}:v:{v}" for v in videos]):
-            try:
-                out.append(json.loads(body) if body else None)
-            except (ValueError, TypeError):
-                out.append(None)  # a foreign value under our key: not a match
-        return out
+        ids, found, _ = self.fetch(self.candidate_ids(hashes))
+        return ids, found
 
     def add(self, request_id: str, summary: dict, hashes: Sequence[bytes]) -> bool:
         """Index one video's hashes under a new video number; False if the request was indexed already."""
-        hashes = list(hashes)[:SLOTS_PER_VIDEO]  # 128 frames, each also as a crop
+        hashes = list(hashes)[:SLOTS_PER_VIDEO]
         video = int(self.client.incr(f"{self.ns}:seq"))
         if not self.client.set(f"{self.ns}:r:{request_id}", video, nx=True, ex=self.ttl_s):
             return False
@@ -322,8 +354,9 @@ class HashIndex:
         for slot, bits in enumerate(hashes):
             hid = video * SLOTS_PER_VIDEO + slot
             pipe.hset(f"{self.ns}:h", str(hid), bits)
+            packed = np.array([hid], _ID).tobytes()
             for key in self.chunk_keys(bits):
-                pipe.sadd(key, hid)
+                pipe.append(key, packed)
         pipe.execute()
         return True
 
@@ -396,21 +429,19 @@ class NearDuplicates:
             return None
 
     def _index_lookup(self, query: np.ndarray) -> Match | None:
-        ids, cands = self.index.candidates([bytes(q) for q in query])
+        ids, cands, summaries = self.index.fetch(self.index.candidate_ids([bytes(q) for q in query]))
         if len(ids) == 0:
             return None
         close = hamming(query, cands).min(axis=0) <= self.max_distance
-        videos = sorted({int(i) // SLOTS_PER_VIDEO for i in ids[close]})
-        hits = []
-        for video in videos:
-            mine = ids // SLOTS_PER_VIDEO == video
-            hit = video_match(query, cands[mine], self.max_distance, self.min_frames, self.min_fraction)
-            if hit is not None:
-                hits.append((video, hit))
         best = None
-        for (video, (distances, matched)), summary in zip(hits, self.index.summaries([v for v, _ in hits])):
+        for video in sorted({int(i) // SLOTS_PER_VIDEO for i in ids[close]}):
+            summary = summaries.get(video)
             if summary is None or summary.get("label") not in (LABEL_FAKE, LABEL_REAL):
                 continue  # expired, or not ours
+            hit = video_match(query, cands[ids // SLOTS_PER_VIDEO == video], self.max_distance, self.min_frames, self.min_fraction)
+            if hit is None:
+                continue
+            distances, matched = hit
             match = Match("index", distances, matched, summary.get("request_id"), summary["label"], summary.get("score"))
             # a fake outranks a real; then more matched frames, then closer
             rank = (match.flags, matched, -sum(distances))

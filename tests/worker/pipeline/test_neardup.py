@@ -384,8 +384,11 @@ def test_crowded_chunk_values_and_foreign_members_are_skipped(stack, monkeypatch
         h[:4] = query[:4]
         crowd.append(h.tobytes())
     near.index.add("crowd", {"request_id": "crowd", "label": "real"}, crowd)
-    for key in near.index.chunk_keys(query.tobytes())[:2]:
-        near.index.client.sadd(key, "not-an-id")
+    keys = near.index.chunk_keys(query.tobytes())
+    for key in keys[:2]:  # an id that has no hash: found in two lists, then dropped
+        near.index.client.append(key, np.array([2**60], "<u8").tobytes())
+    near.index.client.sadd(keys[2], "not-ours")  # a foreign value of another type
+    near.index.client.set(keys[3], b"odd")  # a foreign string: not whole 8-byte ids
     ids, _ = near.index.candidates([query.tobytes()])
     assert len(ids) == 5
     monkeypatch.setattr(neardup, "MAX_BUCKET", 4)
