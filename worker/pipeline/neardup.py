@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -53,9 +54,27 @@ log = structlog.get_logger(__name__)
 HASH_BYTES = 32
 CHUNKS = 16  # 16 chunks of 16 bits
 SLOTS_PER_VIDEO = 256  # hash ids are video * 256 + slot: at most 256 frame hashes indexed per video
+# The frames hashed are not the sampled ones (centres of equal segments of each video's own
+# duration, which a trim moves) but a grid at fixed times from the start of the stream:
+# 0, s, 2s, ... with s = GRID_STEP_S, doubled until at most GRID_MAX points cover the video
+# (16 s at 0.5 s; a 10-minute video gets 19 points 32 s apart). A copy trimmed by a multiple
+# of the step shares its grid frames with the original exactly (a 2 s trim at steps up to
+# 2 s); any other trim lands within half a step of them. Steps are powers of two times
+# GRID_STEP_S, so two grids of different steps still share their coarser points.
+GRID_STEP_S = 0.5
+GRID_MAX = 32
+# A lookup sends the usable grid frames at a coarser power-of-two step, at most QUERY_MAX of
+# them (its cost grows with the count); the index stores every usable grid frame (and its crop).
+QUERY_MAX = 16
 # Frames are downscaled before hashing: PDQ reduces every image to 64x64 anyway, and its
 # full-resolution filter costs ~300 ms on a 1080p frame here (about 1 ms at this size).
 HASH_LONG_SIDE = 128
+# Grid frames are scaled to GRID_SIDE x GRID_SIDE by the decoder's scaler (never converted at
+# full size), then to HASH_LONG_SIDE by hash_image. Square: PDQ reduces every image to 64x64
+# whatever its shape, so the aspect ratio changes no hash, and 5% of 480 is a whole 24 pixels,
+# so the centre crop below is exact. (Cut from a 128 px image it was off by a rounded pixel,
+# 5.6% of 72 rows instead of 5%, which moved 5% crops by a median of 18 bits instead of 2.)
+GRID_SIDE = 480
 # Each indexed frame is also indexed as its centre crop without this fraction of the width and
 # height: PDQ does not survive crops (a 5% crop moves a hash by 26-60 bits here), and cropping
 # the frame is the commonest re-upload edit after re-encoding. Queries are hashed as they come.
@@ -91,13 +110,34 @@ class PdqHash:
 
 @dataclass
 class VideoHashes:
-    """The hashes of one video: per sampled frame, and per face once faces are known."""
+    """The hashes of one video: its grid frames (frame_index = grid position) with their
+    centre crops' hashes (None where the frame is not usable), and its faces once known."""
 
     frames: list[PdqHash]
+    crops: list[bytes | None] = field(default_factory=list)
     faces: list[PdqHash] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.crops = list(self.crops) + [None] * (len(self.frames) - len(self.crops))
 
     def usable(self, min_quality: int) -> list[PdqHash]:
         return [h for h in self.frames if h.quality >= min_quality]
+
+    def query(self, min_quality: int) -> list[PdqHash]:
+        """The usable grid frames a lookup sends: every m-th grid point, m the smallest power
+        of two that leaves at most QUERY_MAX points of the whole grid."""
+        points = max((h.frame_index for h in self.frames), default=-1) + 1
+        m = 1
+        while math.ceil(points / m) > QUERY_MAX:
+            m *= 2
+        return [h for h in self.usable(min_quality) if h.frame_index % m == 0]
+
+    @classmethod
+    def from_info(cls, info) -> "VideoHashes":
+        """The grid hashes decoding left in a VideoInfo (`pdq`)."""
+        rows = sorted(info.pdq, key=lambda r: r[0])
+        return cls([PdqHash(bytes(bits), int(q), int(k)) for k, _, bits, q, _ in rows],
+                   [bytes(c) if c is not None else None for *_, c in rows])
 
 
 @dataclass
@@ -142,8 +182,63 @@ def hash_image(image: np.ndarray) -> tuple[bytes, int]:
     return np.packbits(bits.astype(np.uint8)).tobytes(), int(quality)
 
 
-def hash_frames(frames: Sequence[Frame]) -> VideoHashes:
-    return VideoHashes([PdqHash(*hash_image(f.image), f.index) for f in frames])
+def grid_times(duration_s: float) -> tuple[float, list[float]]:
+    """(step, times) of the hash grid of a video of `duration_s` (see GRID_STEP_S)."""
+    if duration_s <= 0:
+        return GRID_STEP_S, [0.0]
+    step = GRID_STEP_S
+    while math.ceil(duration_s / step - 1e-9) > GRID_MAX:
+        step *= 2
+    return step, [k * step for k in range(max(1, math.ceil(duration_s / step - 1e-9)))]
+
+
+class GridHasher:
+    """Hashes the grid frames as the decoder reaches them (worker.media.decode.Grid).
+
+    Each frame is converted straight to a small RGB image (GRID_SIDE square) by the
+    decoder's scaler, never to full size; usable frames also get their centre crop hashed."""
+
+    def __init__(self, min_quality: int):
+        self.min_quality = min_quality
+        self.step_s = GRID_STEP_S
+        self.rows: dict[int, tuple] = {}
+        self.ms = 0.0
+
+    def times(self, duration_s: float) -> list[float]:
+        self.step_s, times = grid_times(duration_s)
+        return times
+
+    def add(self, position: int, time_s: float, frame, rotation: int) -> None:
+        t0 = time.perf_counter()
+        small = frame.reformat(width=GRID_SIDE, height=GRID_SIDE, format="rgb24", interpolation="AREA").to_ndarray()
+        if rotation:
+            small = np.rot90(small, k=-rotation // 90)
+        self._hash(position, time_s, small)
+        self.ms += (time.perf_counter() - t0) * 1000
+
+    def add_image(self, image: np.ndarray) -> None:
+        """A still image: one grid point."""
+        t0 = time.perf_counter()
+        self._hash(0, 0.0, image)
+        self.ms += (time.perf_counter() - t0) * 1000
+
+    def _hash(self, position: int, time_s: float, image: np.ndarray) -> None:
+        bits, quality = hash_image(image)
+        crop = hash_image(centre_crop(image, INDEX_CROP))[0] if quality >= self.min_quality else None
+        self.rows[position] = (position, time_s, bits, quality, crop)
+
+    def entries(self) -> list[tuple]:
+        return [self.rows[k] for k in sorted(self.rows)]
+
+
+def hash_video(path: str | Path, settings: Settings) -> tuple[VideoHashes, list[Frame]]:
+    """A video's grid hashes (and its sampled frames), decoded the way the worker decodes it."""
+    from worker.media.decode import decode_frames
+
+    grid = GridHasher(settings.neardup_min_quality)
+    frames, info = decode_frames(path, settings, grid=grid)
+    info.pdq = grid.entries()
+    return VideoHashes.from_info(info), frames
 
 
 def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
@@ -167,12 +262,10 @@ def hash_faces(frames: Sequence[Frame], faces: Sequence[FaceResult]) -> list[Pdq
     return out
 
 
-def indexed_hashes(hashes: VideoHashes, frames: Sequence[Frame], min_quality: int) -> list[bytes]:
-    """What the index stores of a video: its usable frames' hashes, then those frames' centre crops'."""
-    usable = hashes.usable(min_quality)
-    keep = {h.frame_index for h in usable}
-    crops = [hash_image(centre_crop(f.image, INDEX_CROP))[0] for f in frames if f.index in keep]
-    return [h.bits for h in usable] + crops
+def indexed_hashes(hashes: VideoHashes, min_quality: int) -> list[bytes]:
+    """What the index stores of a video: its usable grid frames' hashes, then their centre crops'."""
+    usable = [(h, c) for h, c in zip(hashes.frames, hashes.crops) if h.quality >= min_quality]
+    return [h.bits for h, _ in usable] + [c for _, c in usable if c is not None]
 
 
 def parse_hex(text: str) -> bytes:
@@ -406,12 +499,14 @@ class NearDuplicates:
         )
         return cls(settings, banks, index)
 
-    def hash(self, frames: Sequence[Frame]) -> VideoHashes:
-        return hash_frames(frames)
+    def hashes_of(self, info) -> VideoHashes:
+        """The grid hashes decoding left in a video's VideoInfo (empty if it was decoded without)."""
+        return VideoHashes.from_info(info)
 
     def lookup(self, hashes: VideoHashes) -> Match | None:
-        """The best near-duplicate of a video: a flagging match (bank, or fake in the index) first."""
-        usable = hashes.usable(self.min_quality)
+        """The best near-duplicate of a video: a flagging match (bank, or fake in the index) first.
+        Its query is `hashes.query()`: the usable grid frames, at most QUERY_MAX of them."""
+        usable = hashes.query(self.min_quality)
         if not usable:
             return None
         query = as_matrix([h.bits for h in usable])
@@ -465,11 +560,11 @@ class NearDuplicates:
             "score": verdict.score,
             "model_sha256": verdict.model.sha256 if verdict.model else None,
             "created_at": verdict.created_at,
-            "frames": [[h.frame_index, h.hex, h.quality] for h in hashes.frames],
+            "grid": [[h.frame_index, h.hex, h.quality] for h in hashes.frames],
             "faces": [[h.frame_index, h.hex, h.quality] for h in hashes.faces],
         }
         try:
-            self.index.add(verdict.request_id, summary, indexed_hashes(hashes, frames, self.min_quality))
+            self.index.add(verdict.request_id, summary, indexed_hashes(hashes, self.min_quality))
         except redis.RedisError as exc:
             self._outage()
             log.warning("neardup_record_failed", request_id=verdict.request_id, error=str(exc))
@@ -483,12 +578,12 @@ class NearDuplicates:
 
 # -- making banks -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m worker.pipeline.neardup VIDEO...`: print the PDQ hashes of each video's sampled
-    frames as bank lines (`hex quality  # file`), the way the worker hashes them."""
+    """`python -m worker.pipeline.neardup VIDEO...`: print the PDQ hashes of each video as bank
+    lines (`hex quality  # file`), what the worker indexes of it: its usable grid frames and
+    their centre crops."""
     import argparse
     import sys
 
-    from worker.media.decode import decode_frames
     from worker.types import ScanError
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -501,14 +596,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for path in args.videos:
         try:
-            frames, _ = decode_frames(path, settings)
+            hashes, _ = hash_video(path, settings)
         except ScanError as exc:
             print(f"{path}: {exc.reason}", file=sys.stderr)
             failed += 1
             continue
-        for h in hash_frames(frames).frames:
+        for h, crop in zip(hashes.frames, hashes.crops):
             if h.quality >= settings.neardup_min_quality:
-                print(f"{h.hex} {h.quality}  # {path.name} frame {h.frame_index}")
+                print(f"{h.hex} {h.quality}  # {path.name} grid {h.frame_index}")
+                if crop is not None:
+                    print(f"{crop.hex()}  # {path.name} grid {h.frame_index}, centre crop")
     return 1 if failed else 0
 
 
