@@ -1,8 +1,10 @@
-"""Near-duplicate reuse: PDQ hashes of sampled frames and faces, a multi-index in Redis, banks of known fakes.
+"""Near-duplicate reuse: PDQ hashes of a grid of frames and of faces, a multi-index in Redis, banks of known fakes.
 
 Re-uploads (re-encoded, resized, cropped, trimmed, watermarked) defeat the content-hash cache.
 PDQ (Meta's perceptual hash, 256 bits) survives those edits, so a new video whose frames lie
-within a Hamming distance of an earlier video's frames is a near-duplicate of it.
+within a Hamming distance of an earlier video's frames is a near-duplicate of it. The frames
+hashed are a grid at fixed times from the start of the stream (GRID_STEP_S, GRID_MAX), hashed
+while decoding (GridHasher, worker/media/loader.py), so a trimmed copy lines up with the original.
 
 Reuse only what flags: a lip-synced fake of a real video is a near-duplicate of the real one,
 faces included, so a match with a `real` verdict is only recorded and the video is scanned; a
@@ -12,23 +14,27 @@ answered `fake` at once, without detection or classification.
 The video rule (`video_match`): a query frame matches a candidate video when one of that
 video's hashes is within `neardup_max_distance` bits; the video matches when at least
 max(1, min(neardup_min_frames, usable frames), ceil(neardup_min_fraction * usable frames))
-of the query's usable frames match (usable: PDQ quality >= neardup_min_quality).
+of the query's usable frames match (usable: PDQ quality >= neardup_min_quality; the query is
+at most QUERY_MAX grid frames, VideoHashes.query).
 
 The Redis index is multi-index hashing: each 256-bit hash is cut into 16 chunks of 16 bits and
-its id is added to one set per (chunk position, chunk value). Two hashes within 14 bits share
-at least two chunks exactly (pigeonhole), so a lookup reads the 16 sets of each query hash,
-keeps the ids found in two of them, fetches those candidates' full hashes and keeps the ones
+its id is appended to one posting list per (chunk position, chunk value). Two hashes within 14
+bits share at least two chunks exactly (pigeonhole), so a lookup reads the 16 lists of each
+query hash (one Lua script, one round trip), keeps the ids found in two of them, fetches those
+candidates' full hashes and verdict summaries (one pipelined round trip) and keeps the ones
 within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
-the benchmark measures (benchmarks/neardup.py). Chunk values held by more than MAX_BUCKET
-hashes are skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
+the benchmark measures (benchmarks/neardup.py). Lists longer than MAX_BUCKET ids are skipped,
+so the 14-bit guarantee assumes the shared chunks are not such values.
 Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one model's index in
-one cluster slot, and one model's verdicts never answer for another model):
+one cluster slot, which the lookup script relies on, and one model's verdicts never answer for
+another model):
     {prefix}:nd:{model16}:seq            counter of indexed videos
     {prefix}:nd:{model16}:h              hash id -> 32 raw PDQ bytes (id = video * 256 + slot)
-    {prefix}:nd:{model16}:c:{i}:{value}  set of hash ids whose chunk i is `value` (4 hex digits)
+    {prefix}:nd:{model16}:p:{i}:{value}  posting list: the ids (8 bytes, little-endian, end to end)
+                                         of the hashes whose chunk i is `value` (4 hex digits)
     {prefix}:nd:{model16}:v:{video}      the indexed verdict's summary (JSON), with the cache TTL
     {prefix}:nd:{model16}:r:{request_id} marks a request as indexed (redelivery writes once)
-Hash ids of expired videos stay in the sets and are skipped at lookup (their summary is gone).
+Hash ids of expired videos stay in the lists and are skipped at lookup (their summary is gone).
 """
 
 from __future__ import annotations
@@ -349,9 +355,9 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 # namespace's id -> hash table ({ns}:h); the posting-list keys ({ns}:p:{i}:{value}) are
 # derived here from ARGV[2], the query hashes end to end, so a lookup sends 32 bytes per hash
 # instead of 16 key names (packing those in redis-py cost more than the lookup itself).
-# They carry the namespace's hash tag, so they lie in KEYS[1]'s slot, which Redis Cluster
-# requires of keys a script did not declare (tests/worker/pipeline/test_neardup.py runs it
-# on a cluster-mode server). Lists missing, not ours (not a string, not whole 8-byte ids) or
+# They carry the namespace's hash tag, so they lie in KEYS[1]'s slot: Redis Cluster runs the
+# script on the node that serves KEYS[1] and refuses keys another node serves
+# (tests/worker/pipeline/test_neardup.py runs it on a two-node cluster). Lists missing, not ours (not a string, not whole 8-byte ids) or
 # longer than ARGV[1] bytes (a crowded chunk value) count as empty. The reply: one string of
 # little-endian 4-byte lengths, 16 per query hash, and one string of the lists end to end.
 # Counting the ids is left to the client (numpy): done in Lua it costs more server time than

