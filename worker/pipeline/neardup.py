@@ -77,10 +77,12 @@ QUERY_MAX = 16
 HASH_LONG_SIDE = 128
 # Grid frames are scaled to GRID_SIDE x GRID_SIDE by the decoder's scaler (never converted at
 # full size), then to HASH_LONG_SIDE by hash_image. Square: PDQ reduces every image to 64x64
-# whatever its shape, so the aspect ratio changes no hash, and 5% of 480 is a whole 24 pixels,
-# so the centre crop below is exact. (Cut from a 128 px image it was off by a rounded pixel,
-# 5.6% of 72 rows instead of 5%, which moved 5% crops by a median of 18 bits instead of 2.)
-GRID_SIDE = 480
+# whatever its shape, so the aspect ratio changes no hash, and 5% of 160 is a whole 8 pixels,
+# so the centre crop below is exact. (Cut from a 128 px image of the frame's shape it was off
+# by a rounded pixel, 5.6% of 72 rows instead of 5%, which moved 5% crops by a median of 18
+# bits instead of 4 on the benchmark's footage; 480 px squares hash the same as 160 px ones
+# there, at 2.4 times the cost; 120 px squares lose the crops again.)
+GRID_SIDE = 160
 # Each indexed frame is also indexed as its centre crop without this fraction of the width and
 # height: PDQ does not survive crops (a 5% crop moves a hash by 26-60 bits here), and cropping
 # the frame is the commonest re-upload edit after re-encoding. Queries are hashed as they come.
