@@ -211,6 +211,7 @@ class GridHasher:
         self.step_s = GRID_STEP_S
         self.rows: dict[int, tuple] = {}
         self.ms = 0.0
+        self._scaler = None  # one scaler for the video: frame.reformat() would set one up per frame
 
     def times(self, duration_s: float) -> list[float]:
         self.step_s, times = grid_times(duration_s)
@@ -218,7 +219,12 @@ class GridHasher:
 
     def add(self, position: int, time_s: float, frame, rotation: int) -> None:
         t0 = time.perf_counter()
-        small = frame.reformat(width=GRID_SIDE, height=GRID_SIDE, format="rgb24", interpolation="AREA").to_ndarray()
+        if self._scaler is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._scaler = VideoReformatter()
+        small = self._scaler.reformat(frame, width=GRID_SIDE, height=GRID_SIDE, format="rgb24",
+                                      interpolation="AREA").to_ndarray()
         if rotation:
             small = np.rot90(small, k=-rotation // 90)
         self._hash(position, time_s, small)
