@@ -258,13 +258,21 @@ def phase_latency(near: nd.NearDuplicates, queries: list, lookups: int, hashes: 
     # the baseline, interleaved so it sees the same load: one PING round trip to the same Redis
     times, pings = [], []
     load = os.getloadavg()[0]
+    client_cpu = 0.0
+    near.lookup(queries[0])  # loads the script
+    near.index.client.config_resetstat()
     for i in range(lookups):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         near.lookup(queries[i % len(queries)])
         times.append((time.perf_counter() - t0) * 1000)
+        client_cpu += time.process_time() - c0
         t0 = time.perf_counter()
         near.index.client.ping()
         pings.append((time.perf_counter() - t0) * 1000)
+    # time Redis spent in the lookups' EVALSHA (the script, its MGET included) and HMGET; the
+    # pipelined MGET of a few summaries is left out (commandstats mixes it with the script's)
+    stats = near.index.client.info("commandstats")
+    server_us = sum(stats.get(f"cmdstat_{c}", {}).get("usec", 0) for c in ("evalsha", "hmget"))
     times.sort()
     pings.sort()
     # a random query (no near-duplicate): only chance chunk collisions to verify
@@ -282,6 +290,7 @@ def phase_latency(near: nd.NearDuplicates, queries: list, lookups: int, hashes: 
         "ping_p50": pings[len(pings) // 2], "ping_p99": pings[int(len(pings) * 0.99) - 1],
         "miss_p50": misses[len(misses) // 2], "miss_p99": misses[int(len(misses) * 0.99) - 1],
         "lookups": lookups, "load": (load + os.getloadavg()[0]) / 2,
+        "client_cpu_ms": client_cpu * 1000 / lookups, "server_ms": server_us / 1000 / lookups,
     }
 
 
@@ -310,8 +319,9 @@ def phase_cost(redis_url: str, paths: list[Path]) -> dict:
     roots = [str(paths[0].parent)]
     scanners = {"off": Scanner(base), "on": Scanner(base.replace(neardup_enabled=True))}
     runs: dict[str, list] = {"off": [], "on": []}
-    for name, scanner in scanners.items():
-        scanner.scan([ScanRequest(f"cost-{name}-warm", str(paths[0]))], extra_roots=roots)  # warm-up
+    for name, scanner in scanners.items():  # warm-up: every media child, the models
+        scanner.scan([ScanRequest(f"cost-{name}-warm-{k}", str(paths[0])) for k in range(base.decode_threads)],
+                     extra_roots=roots)
     for r in range(3):  # off and on in turns, so both see the same load
         for name, scanner in scanners.items():
             runs[name] += scanner.scan([ScanRequest(f"cost-{name}-{r}-{i}", str(p)) for i, p in enumerate(paths[1:])],
@@ -330,25 +340,28 @@ def phase_cost(redis_url: str, paths: list[Path]) -> dict:
     return out
 
 
-def decode_cost(paths: list[Path], settings: Settings, repeat: int = 3) -> dict:
-    """Decode alone, without and with the hash grid, per video (ms, best of `repeat`), and grid frames."""
+def decode_cost(paths: list[Path], settings: Settings, repeat: int = 5) -> dict:
+    """Decode alone, in this process, without and with the hash grid, per video: CPU ms (all
+    threads; what throughput pays, and less inflated by other load than wall time) and wall
+    ms, each the best of `repeat` runs taken in turns; the grid's hashing ms; grid frames."""
     out = {}
     for path in paths:
-        plain, grid_ms, hashing = [], [], []
+        runs: dict[str, list] = {"plain_cpu": [], "grid_cpu": [], "plain": [], "grid": [], "hash": []}
         for _ in range(repeat):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             decode_frames(path, settings)
-            plain.append((time.perf_counter() - t0) * 1000)
+            runs["plain"].append((time.perf_counter() - t0) * 1000)
+            runs["plain_cpu"].append((time.process_time() - c0) * 1000)
             grid = nd.GridHasher(settings.neardup_min_quality)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             decode_frames(path, settings, grid=grid)
-            grid_ms.append((time.perf_counter() - t0) * 1000)
-            hashing.append(grid.ms)
+            runs["grid"].append((time.perf_counter() - t0) * 1000)
+            runs["grid_cpu"].append((time.process_time() - c0) * 1000)
+            runs["hash"].append(grid.ms)
         with av.open(str(path)) as c:
             s = c.streams.video[0]
             size = f"{s.codec_context.width}x{s.codec_context.height}, {float(s.duration * s.time_base):.0f} s"
-        out[path.stem] = {"size": size, "plain": min(plain), "grid": min(grid_ms), "hash": min(hashing),
-                          "points": len(grid.rows)}
+        out[path.stem] = {"size": size, **{k: min(v) for k, v in runs.items()}, "points": len(grid.rows)}
     return out
 
 
@@ -392,7 +405,8 @@ def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank
         f"max {latency['max']:.2f} ms; baseline in the same run, one Redis PING round trip interleaved with "
         f"the lookups: p50 {latency['ping_p50']:.2f} ms, p99 {latency['ping_p99']:.2f} ms (lookup p50 = "
         f"{latency['p50'] / latency['ping_p50']:.1f}x a PING's, p99 = {latency['p99'] / latency['ping_p99']:.1f}x); a query with no near-duplicate ({nd.QUERY_MAX} random hashes) p50 {latency['miss_p50']:.2f} ms, "
-        f"p99 {latency['miss_p99']:.2f} ms. A bank of {bank['size']:,} hashes (held in memory, compared by brute "
+        f"p99 {latency['miss_p99']:.2f} ms. CPU per lookup of a re-upload, which load does not inflate as much: "
+        f"{latency['client_cpu_ms']:.2f} ms in the worker's process, {latency['server_ms']:.2f} ms in Redis (EVALSHA and HMGET). A bank of {bank['size']:,} hashes (held in memory, compared by brute "
         f"force): {bank['ms']:.1f} ms per video.",
         f"Cost in `scan` (the same {cost['off']['videos']} scans with the feature off, the baseline, and on, in turns "
         f"in this run; random-weight atto bundle, threshold 1.0 so every video is scanned and indexed, none answered): decode "
@@ -401,9 +415,10 @@ def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank
         f"video; the scan took {scan_off:.0f} ms per video off and {scan_on:.0f} ms on "
         f"({scan_on - scan_off:+.0f} ms, {(scan_on - scan_off) / scan_off:+.1%}; stages on: "
         + ", ".join(f"{k} {v:.0f}" for k, v in on.items())
-        + "). Decoding alone, per video, best of 3, without / with the grid (its hashing): "
-        + "; ".join(f"{d['size']}: {d['plain']:.0f} / {d['grid']:.0f} ms ({d['hash']:.0f} ms, {d['points']} grid frames)"
-                    for d in decoding.values())
+        + "). Decoding alone, in one process, best of 5 in turns, without / with the grid: "
+        + "; ".join(f"{d['size']} ({d['points']} grid frames): CPU {d['plain_cpu']:.0f} / {d['grid_cpu']:.0f} ms "
+                    f"({d['grid_cpu'] - d['plain_cpu']:+.0f} ms), wall {d['plain']:.0f} / {d['grid']:.0f} ms, "
+                    f"of which hashing {d['hash']:.0f} ms" for d in decoding.values())
         + ".",
         "",
         "Other rules on the same footage, by brute force over what the index stores (an upper bound on what a "
