@@ -23,8 +23,8 @@ bits share at least two chunks exactly (pigeonhole), so a lookup reads the 16 li
 query hash (one Lua script, one round trip), keeps the ids found in two of them, fetches those
 candidates' full hashes and verdict summaries (one pipelined round trip) and keeps the ones
 within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
-the benchmark measures (benchmarks/neardup.py). Lists longer than MAX_BUCKET ids are skipped,
-so the 14-bit guarantee assumes the shared chunks are not such values.
+the benchmark measures (benchmarks/neardup.py). Lists of MAX_BUCKET ids are full (no longer
+appended to) and skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
 Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one model's index in
 one cluster slot, which the lookup script relies on, and one model's verdicts never answer for
 another model):
@@ -87,8 +87,10 @@ GRID_SIDE = 160
 # height: PDQ does not survive crops (a 5% crop moves a hash by 26-60 bits here), and cropping
 # the frame is the commonest re-upload edit after re-encoding. Queries are hashed as they come.
 INDEX_CROP = 0.05
-# A chunk value shared by more hash ids than this (flat, dark or title frames) is skipped at
-# lookup: it would turn one query into a scan of thousands of unrelated hashes.
+# A chunk value held by this many hash ids (flat, dark or title frames; a video indexed again
+# and again) is skipped at lookup: it would turn one query into a scan of thousands of
+# unrelated hashes. Its posting list stops growing there, so a lookup never reads more than
+# MAX_BUCKET ids per list (a list, unlike the sets before it, is read whole to learn its size).
 MAX_BUCKET = 4096
 # A candidate must share this many whole chunks with a query hash. Two hashes within 14 bits
 # share at least 2 of the 16 chunks (d flipped bits touch at most d chunks). With one shared
@@ -365,11 +367,12 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 # instead of 16 key names (packing those in redis-py cost more than the lookup itself).
 # They carry the namespace's hash tag, so they lie in KEYS[1]'s slot: Redis Cluster runs the
 # script on the node that serves KEYS[1] and refuses keys another node serves
-# (tests/worker/pipeline/test_neardup.py runs it on a two-node cluster). Lists missing, not ours (not a string, not whole 8-byte ids) or
-# longer than ARGV[1] bytes (a crowded chunk value) count as empty. The reply: one string of
-# little-endian 4-byte lengths, 16 per query hash, and one string of the lists end to end.
-# Counting the ids is left to the client (numpy): done in Lua it costs more server time than
-# the second round trip it would save (docs/benchmarks.md).
+# (tests/worker/pipeline/test_neardup.py runs it on a two-node cluster). Lists missing, not
+# ours (not a string, not whole 8-byte ids) or full (ARGV[1] bytes or more: a crowded chunk
+# value, see _ADD_LUA) count as empty. The reply: one string of little-endian 4-byte lengths,
+# 16 per query hash, and one string of the lists end to end. Counting the ids is left to the
+# client (numpy): done in Lua it costs more server time than the second round trip it would
+# save (docs/benchmarks.md).
 _POSTINGS_LUA = """
 local ns = string.sub(KEYS[1], 1, -3)
 local cap, q = tonumber(ARGV[1]), ARGV[2]
@@ -385,11 +388,30 @@ local parts = redis.call('MGET', unpack(keys))
 local lens = {}
 for i = 1, #keys do
   local p = parts[i]
-  if type(p) ~= 'string' or #p > cap or #p % 8 ~= 0 then p = '' end
+  if type(p) ~= 'string' or #p >= cap or #p % 8 ~= 0 then p = '' end
   parts[i] = p
   lens[i] = struct.pack('<I4', #p)
 end
 return {table.concat(lens), table.concat(parts)}
+"""
+# Index writes, keys derived the same way: ARGV[2] the hashes end to end, ARGV[3] their ids
+# (8 bytes each, little-endian), ARGV[4...] the same ids in decimal (the id -> hash table's
+# fields). An id is appended to a posting list only while the list is under ARGV[1] bytes,
+# so a crowded list stops at MAX_BUCKET ids. A foreign value under a list's key is left alone.
+_ADD_LUA = """
+local ns = string.sub(KEYS[1], 1, -3)
+local cap, q, ids = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+for h = 0, #q / 32 - 1 do
+  redis.call('HSET', KEYS[1], ARGV[4 + h], string.sub(q, 32 * h + 1, 32 * h + 32))
+  local id = string.sub(ids, 8 * h + 1, 8 * h + 8)
+  for i = 0, 15 do
+    local a, b = string.byte(q, 32 * h + 2 * i + 1, 32 * h + 2 * i + 2)
+    local key = string.format('%s:p:%d:%02x%02x', ns, i, a, b)
+    local n = redis.pcall('STRLEN', key)
+    if type(n) == 'number' and n < cap then redis.call('APPEND', key, id) end
+  end
+end
+return 1
 """
 _ID = np.dtype("<u8")
 MAX_QUERY_HASHES = 64  # the counting below packs the query number into 6 bits
@@ -403,6 +425,7 @@ class HashIndex:
         self.ns = f"{prefix}:nd:{{{model_sha256[:16]}}}"
         self.ttl_s = ttl_s
         self._postings = client.register_script(_POSTINGS_LUA)
+        self._add = client.register_script(_ADD_LUA)
 
     def chunk_keys(self, bits: bytes) -> list[str]:
         """The posting-list keys of a hash's 16 chunks."""
@@ -456,15 +479,13 @@ class HashIndex:
         video = int(self.client.incr(f"{self.ns}:seq"))
         if not self.client.set(f"{self.ns}:r:{request_id}", video, nx=True, ex=self.ttl_s):
             return False
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
-        for slot, bits in enumerate(hashes):
-            hid = video * SLOTS_PER_VIDEO + slot
-            pipe.hset(f"{self.ns}:h", str(hid), bits)
-            packed = np.array([hid], _ID).tobytes()
-            for key in self.chunk_keys(bits):
-                pipe.append(key, packed)
-        pipe.execute()
+        if any(len(h) != HASH_BYTES for h in hashes):
+            raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes")
+        ids = [video * SLOTS_PER_VIDEO + slot for slot in range(len(hashes))]
+        self.client.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
+        if hashes:
+            self._add(keys=[f"{self.ns}:h"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes),
+                                                   np.array(ids, _ID).tobytes(), *map(str, ids)])
         return True
 
 

@@ -412,6 +412,24 @@ def test_crowded_chunk_values_and_foreign_members_are_skipped(stack, monkeypatch
     assert len(ids) == 0
 
 
+def test_a_crowded_posting_list_stops_growing_and_is_skipped(stack, monkeypatch):
+    near = _index_near(stack)
+    monkeypatch.setattr(neardup, "MAX_BUCKET", 4)
+    rng = np.random.default_rng(13)
+    query = rng.integers(0, 256, 32, dtype=np.uint8)
+    others = []
+    for _ in range(6):  # six hashes sharing chunks 0 and 1 with the query, and nothing else
+        h = rng.integers(0, 256, 32, dtype=np.uint8)
+        h[:4] = query[:4]
+        others.append(h.tobytes())
+    near.index.add("crowd-a", {"request_id": "crowd-a", "label": "real"}, others[:3])
+    assert len(near.index.candidates([query.tobytes()])[0]) == 3  # under the cap: found
+    near.index.add("crowd-b", {"request_id": "crowd-b", "label": "real"}, others[3:])
+    key = near.index.chunk_keys(query.tobytes())[0]
+    assert near.index.client.strlen(key) == 4 * 8  # stopped at MAX_BUCKET ids
+    assert len(near.index.candidates([query.tobytes()])[0]) == 0  # full: skipped
+
+
 def test_bank_lines_from_videos_flag_their_re_uploads(footage, tmp_path):
     import subprocess
     import sys
