@@ -659,6 +659,10 @@ def test_a_lookup_is_one_script_call_then_one_pipelined_fetch(stack):
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
     # EVALSHA (its MGET inside counts as one more MGET), then HMGET + MGET in one pipeline
     assert calls.get("evalsha") == 1 and calls.get("hmget") == 1 and calls.get("mget") == 2, calls
+    client.script_flush()  # as after a Redis restart or failover: the script is loaded again
+    assert near.lookup(video).request_id == "rt"
+    near.record(Verdict(request_id="rt2", uri="x", label=LABEL_FAKE, score=0.9), _random_video(np.random.default_rng(14)), [])
+    assert client.get(f"{near.index.ns}:r:rt2") is not None
 
 
 def test_the_loader_hashes_the_grid_of_videos_and_stills(bikes, astronaut):
