@@ -233,9 +233,9 @@ class GridHasher:
         self.ms += (time.perf_counter() - t0) * 1000
 
     def add_image(self, image: np.ndarray) -> None:
-        """A still image: one grid point."""
+        """A still image (RGB): one grid point, scaled to the same square as video frames."""
         t0 = time.perf_counter()
-        self._hash(0, 0.0, image)
+        self._hash(0, 0.0, cv2.resize(image, (GRID_SIDE, GRID_SIDE), interpolation=cv2.INTER_AREA))
         self.ms += (time.perf_counter() - t0) * 1000
 
     def _hash(self, position: int, time_s: float, image: np.ndarray) -> None:

@@ -665,7 +665,7 @@ def test_a_lookup_is_one_script_call_then_one_pipelined_fetch(stack):
     assert client.get(f"{near.index.ns}:r:rt2") is not None
 
 
-def test_the_loader_hashes_the_grid_of_videos_and_stills(bikes, astronaut):
+def test_the_loader_hashes_the_grid_of_videos_and_stills(bikes, astronaut, tmp_path):
     from worker.media.loader import load_media
 
     settings = Settings(neardup_enabled=True, allowed_roots=(str(bikes.parent), str(astronaut.parent)))
@@ -673,5 +673,9 @@ def test_the_loader_hashes_the_grid_of_videos_and_stills(bikes, astronaut):
     assert len(video.info.pdq) == len(grid_times(video.info.duration_s)[1]) and "neardup_hash" in video.timings_ms
     still = load_media(ScanRequest("grid-still", str(astronaut)), settings)
     assert [row[0] for row in still.info.pdq] == [0]
+    # hashed like a video's frames: a clip of the still matches it
+    clip = variants.reencode(tmp_path / "still.mp4", [still.frames[0].image] * 25, fps=25, crf=23)
+    hashes, _ = hash_video(clip, settings)
+    assert hamming(as_matrix([still.info.pdq[0][2]]), as_matrix([h.bits for h in hashes.frames])).min() <= 8
     off = load_media(ScanRequest("no-grid", str(bikes)), Settings(allowed_roots=(str(bikes.parent),)))
     assert off.info.pdq == [] and "neardup_hash" not in off.timings_ms
