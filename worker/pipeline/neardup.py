@@ -1,8 +1,10 @@
-"""Near-duplicate reuse: PDQ hashes of sampled frames and faces, a multi-index in Redis, banks of known fakes.
+"""Near-duplicate reuse: PDQ hashes of a grid of frames and of faces, a multi-index in Redis, banks of known fakes.
 
 Re-uploads (re-encoded, resized, cropped, trimmed, watermarked) defeat the content-hash cache.
 PDQ (Meta's perceptual hash, 256 bits) survives those edits, so a new video whose frames lie
-within a Hamming distance of an earlier video's frames is a near-duplicate of it.
+within a Hamming distance of an earlier video's frames is a near-duplicate of it. The frames
+hashed are a grid at fixed times from the start of the stream (GRID_STEP_S, GRID_MAX), hashed
+while decoding (GridHasher, worker/media/loader.py), so a trimmed copy lines up with the original.
 
 Reuse only what flags: a lip-synced fake of a real video is a near-duplicate of the real one,
 faces included, so a match with a `real` verdict is only recorded and the video is scanned; a
@@ -12,29 +14,34 @@ answered `fake` at once, without detection or classification.
 The video rule (`video_match`): a query frame matches a candidate video when one of that
 video's hashes is within `neardup_max_distance` bits; the video matches when at least
 max(1, min(neardup_min_frames, usable frames), ceil(neardup_min_fraction * usable frames))
-of the query's usable frames match (usable: PDQ quality >= neardup_min_quality).
+of the query's usable frames match (usable: PDQ quality >= neardup_min_quality; the query is
+at most QUERY_MAX grid frames, VideoHashes.query).
 
 The Redis index is multi-index hashing: each 256-bit hash is cut into 16 chunks of 16 bits and
-its id is added to one set per (chunk position, chunk value). Two hashes within 14 bits share
-at least two chunks exactly (pigeonhole), so a lookup reads the 16 sets of each query hash,
-keeps the ids found in two of them, fetches those candidates' full hashes and keeps the ones
+its id is appended to one posting list per (chunk position, chunk value). Two hashes within 14
+bits share at least two chunks exactly (pigeonhole), so a lookup reads the 16 lists of each
+query hash (one Lua script, one round trip), keeps the ids found in two of them, fetches those
+candidates' full hashes and verdict summaries (one pipelined round trip) and keeps the ones
 within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
-the benchmark measures (benchmarks/neardup.py). Chunk values held by more than MAX_BUCKET
-hashes are skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
+the benchmark measures (benchmarks/neardup.py). Lists of MAX_BUCKET ids are full (no longer
+appended to) and skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
 Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one model's index in
-one cluster slot, and one model's verdicts never answer for another model):
+one cluster slot, which the lookup script relies on, and one model's verdicts never answer for
+another model):
     {prefix}:nd:{model16}:seq            counter of indexed videos
     {prefix}:nd:{model16}:h              hash id -> 32 raw PDQ bytes (id = video * 256 + slot)
-    {prefix}:nd:{model16}:c:{i}:{value}  set of hash ids whose chunk i is `value` (4 hex digits)
+    {prefix}:nd:{model16}:p:{i}:{value}  posting list: the ids (8 bytes, little-endian, end to end)
+                                         of the hashes whose chunk i is `value` (4 hex digits)
     {prefix}:nd:{model16}:v:{video}      the indexed verdict's summary (JSON), with the cache TTL
     {prefix}:nd:{model16}:r:{request_id} marks a request as indexed (redelivery writes once)
-Hash ids of expired videos stay in the sets and are skipped at lookup (their summary is gone).
+Hash ids of expired videos stay in the lists and are skipped at lookup (their summary is gone).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -53,15 +60,37 @@ log = structlog.get_logger(__name__)
 HASH_BYTES = 32
 CHUNKS = 16  # 16 chunks of 16 bits
 SLOTS_PER_VIDEO = 256  # hash ids are video * 256 + slot: at most 256 frame hashes indexed per video
+# The frames hashed are not the sampled ones (centres of equal segments of each video's own
+# duration, which a trim moves) but a grid at fixed times from the start of the stream:
+# 0, s, 2s, ... with s = GRID_STEP_S, doubled until at most GRID_MAX points cover the video
+# (16 s at 0.5 s; a 10-minute video gets 19 points 32 s apart). A copy trimmed by a multiple
+# of the step shares its grid frames with the original exactly (a 2 s trim at steps up to
+# 2 s); any other trim lands within half a step of them. Steps are powers of two times
+# GRID_STEP_S, so two grids of different steps still share their coarser points.
+GRID_STEP_S = 0.5
+GRID_MAX = 32
+# A lookup sends the usable grid frames at a coarser power-of-two step, at most QUERY_MAX of
+# them (its cost grows with the count); the index stores every usable grid frame (and its crop).
+QUERY_MAX = 16
 # Frames are downscaled before hashing: PDQ reduces every image to 64x64 anyway, and its
 # full-resolution filter costs ~300 ms on a 1080p frame here (about 1 ms at this size).
 HASH_LONG_SIDE = 128
+# Grid frames are scaled to GRID_SIDE x GRID_SIDE by the decoder's scaler (never converted at
+# full size), then to HASH_LONG_SIDE by hash_image. Square: PDQ reduces every image to 64x64
+# whatever its shape, so the aspect ratio changes no hash, and 5% of 160 is a whole 8 pixels,
+# so the centre crop below is exact. (Cut from a 128 px image of the frame's shape it was off
+# by a rounded pixel, 5.6% of 72 rows instead of 5%, which moved 5% crops by a median of 18
+# bits instead of 4 on the benchmark's footage; 480 px squares hash the same as 160 px ones
+# there, at 2.4 times the cost; 120 px squares lose the crops again.)
+GRID_SIDE = 160
 # Each indexed frame is also indexed as its centre crop without this fraction of the width and
 # height: PDQ does not survive crops (a 5% crop moves a hash by 26-60 bits here), and cropping
 # the frame is the commonest re-upload edit after re-encoding. Queries are hashed as they come.
 INDEX_CROP = 0.05
-# A chunk value shared by more hash ids than this (flat, dark or title frames) is skipped at
-# lookup: it would turn one query into a scan of thousands of unrelated hashes.
+# A chunk value held by this many hash ids (flat, dark or title frames; a video indexed again
+# and again) is skipped at lookup: it would turn one query into a scan of thousands of
+# unrelated hashes. Its posting list stops growing there, so a lookup never reads more than
+# MAX_BUCKET ids per list (a list, unlike the sets before it, is read whole to learn its size).
 MAX_BUCKET = 4096
 # A candidate must share this many whole chunks with a query hash. Two hashes within 14 bits
 # share at least 2 of the 16 chunks (d flipped bits touch at most d chunks). With one shared
@@ -91,13 +120,34 @@ class PdqHash:
 
 @dataclass
 class VideoHashes:
-    """The hashes of one video: per sampled frame, and per face once faces are known."""
+    """The hashes of one video: its grid frames (frame_index = grid position) with their
+    centre crops' hashes (None where the frame is not usable), and its faces once known."""
 
     frames: list[PdqHash]
+    crops: list[bytes | None] = field(default_factory=list)
     faces: list[PdqHash] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.crops = list(self.crops) + [None] * (len(self.frames) - len(self.crops))
 
     def usable(self, min_quality: int) -> list[PdqHash]:
         return [h for h in self.frames if h.quality >= min_quality]
+
+    def query(self, min_quality: int) -> list[PdqHash]:
+        """The usable grid frames a lookup sends: every m-th grid point, m the smallest power
+        of two that leaves at most QUERY_MAX points of the whole grid."""
+        points = max((h.frame_index for h in self.frames), default=-1) + 1
+        m = 1
+        while math.ceil(points / m) > QUERY_MAX:
+            m *= 2
+        return [h for h in self.usable(min_quality) if h.frame_index % m == 0]
+
+    @classmethod
+    def from_info(cls, info) -> "VideoHashes":
+        """The grid hashes decoding left in a VideoInfo (`pdq`)."""
+        rows = sorted(info.pdq, key=lambda r: r[0])
+        return cls([PdqHash(bytes(bits), int(q), int(k)) for k, _, bits, q, _ in rows],
+                   [bytes(c) if c is not None else None for *_, c in rows])
 
 
 @dataclass
@@ -142,8 +192,69 @@ def hash_image(image: np.ndarray) -> tuple[bytes, int]:
     return np.packbits(bits.astype(np.uint8)).tobytes(), int(quality)
 
 
-def hash_frames(frames: Sequence[Frame]) -> VideoHashes:
-    return VideoHashes([PdqHash(*hash_image(f.image), f.index) for f in frames])
+def grid_times(duration_s: float) -> tuple[float, list[float]]:
+    """(step, times) of the hash grid of a video of `duration_s` (see GRID_STEP_S)."""
+    if duration_s <= 0:
+        return GRID_STEP_S, [0.0]
+    step = GRID_STEP_S
+    while math.ceil(duration_s / step - 1e-9) > GRID_MAX:
+        step *= 2
+    return step, [k * step for k in range(max(1, math.ceil(duration_s / step - 1e-9)))]
+
+
+class GridHasher:
+    """Hashes the grid frames as the decoder reaches them (worker.media.decode.Grid).
+
+    Each frame is converted straight to a small RGB image (GRID_SIDE square) by the
+    decoder's scaler, never to full size; usable frames also get their centre crop hashed."""
+
+    def __init__(self, min_quality: int):
+        self.min_quality = min_quality
+        self.step_s = GRID_STEP_S
+        self.rows: dict[int, tuple] = {}
+        self.ms = 0.0
+        self._scaler = None  # one scaler for the video: frame.reformat() would set one up per frame
+
+    def times(self, duration_s: float) -> list[float]:
+        self.step_s, times = grid_times(duration_s)
+        return times
+
+    def add(self, position: int, time_s: float, frame, rotation: int) -> None:
+        t0 = time.perf_counter()
+        if self._scaler is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._scaler = VideoReformatter()
+        small = self._scaler.reformat(frame, width=GRID_SIDE, height=GRID_SIDE, format="rgb24",
+                                      interpolation="AREA").to_ndarray()
+        if rotation:
+            small = np.rot90(small, k=-rotation // 90)
+        self._hash(position, time_s, small)
+        self.ms += (time.perf_counter() - t0) * 1000
+
+    def add_image(self, image: np.ndarray) -> None:
+        """A still image (RGB): one grid point, scaled to the same square as video frames."""
+        t0 = time.perf_counter()
+        self._hash(0, 0.0, cv2.resize(image, (GRID_SIDE, GRID_SIDE), interpolation=cv2.INTER_AREA))
+        self.ms += (time.perf_counter() - t0) * 1000
+
+    def _hash(self, position: int, time_s: float, image: np.ndarray) -> None:
+        bits, quality = hash_image(image)
+        crop = hash_image(centre_crop(image, INDEX_CROP))[0] if quality >= self.min_quality else None
+        self.rows[position] = (position, time_s, bits, quality, crop)
+
+    def entries(self) -> list[tuple]:
+        return [self.rows[k] for k in sorted(self.rows)]
+
+
+def hash_video(path: str | Path, settings: Settings) -> tuple[VideoHashes, list[Frame]]:
+    """A video's grid hashes (and its sampled frames), decoded the way the worker decodes it."""
+    from worker.media.decode import decode_frames
+
+    grid = GridHasher(settings.neardup_min_quality)
+    frames, info = decode_frames(path, settings, grid=grid)
+    info.pdq = grid.entries()
+    return VideoHashes.from_info(info), frames
 
 
 def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
@@ -167,12 +278,10 @@ def hash_faces(frames: Sequence[Frame], faces: Sequence[FaceResult]) -> list[Pdq
     return out
 
 
-def indexed_hashes(hashes: VideoHashes, frames: Sequence[Frame], min_quality: int) -> list[bytes]:
-    """What the index stores of a video: its usable frames' hashes, then those frames' centre crops'."""
-    usable = hashes.usable(min_quality)
-    keep = {h.frame_index for h in usable}
-    crops = [hash_image(centre_crop(f.image, INDEX_CROP))[0] for f in frames if f.index in keep]
-    return [h.bits for h in usable] + crops
+def indexed_hashes(hashes: VideoHashes, min_quality: int) -> list[bytes]:
+    """What the index stores of a video: its usable grid frames' hashes, then their centre crops'."""
+    usable = [(h, c) for h, c in zip(hashes.frames, hashes.crops) if h.quality >= min_quality]
+    return [h.bits for h, _ in usable] + [c for _, c in usable if c is not None]
 
 
 def parse_hex(text: str) -> bytes:
@@ -252,32 +361,60 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 
 
 # -- the Redis index ----------------------------------------------------------------------
-# Keeps, for each query hash (16 consecutive chunk sets in KEYS), the ids found in at least
-# ARGV[2] of its sets (skipping oversized sets), and returns those candidates' ids and hashes
-# in one round trip. KEYS[1] is the id -> hash table.
-_CANDIDATES_LUA = """
-local cap, need = tonumber(ARGV[1]), tonumber(ARGV[2])
-local seen, ids = {}, {}
-for q = 2, #KEYS, 16 do
-  local hits = {}
-  for i = q, q + 15 do
-    local n = redis.call('SCARD', KEYS[i])
-    if n > 0 and n <= cap then
-      for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
-        local h = (hits[id] or 0) + 1
-        hits[id] = h
-        if h == need and not seen[id] then seen[id] = true; ids[#ids + 1] = id end
-      end
-    end
+# One round trip for the posting lists of every chunk of every query hash. KEYS[1] is the
+# namespace's id -> hash table ({ns}:h); the posting-list keys ({ns}:p:{i}:{value}) are
+# derived here from ARGV[2], the query hashes end to end, so a lookup sends 32 bytes per hash
+# instead of 16 key names (packing those in redis-py cost more than the lookup itself).
+# They carry the namespace's hash tag, so they lie in KEYS[1]'s slot: Redis Cluster runs the
+# script on the node that serves KEYS[1] and refuses keys another node serves
+# (tests/worker/pipeline/test_neardup.py runs it on a two-node cluster). Lists missing, not
+# ours (not a string, not whole 8-byte ids) or full (ARGV[1] bytes or more: a crowded chunk
+# value, see _ADD_LUA) count as empty. The reply: one string of little-endian 4-byte lengths,
+# 16 per query hash, and one string of the lists end to end. Counting the ids is left to the
+# client (numpy): done in Lua it costs more server time than the second round trip it would
+# save (docs/benchmarks.md).
+_POSTINGS_LUA = """
+local ns = string.sub(KEYS[1], 1, -3)
+local cap, q = tonumber(ARGV[1]), ARGV[2]
+local keys = {}
+for h = 0, #q / 32 - 1 do
+  for i = 0, 15 do
+    local a, b = string.byte(q, 32 * h + 2 * i + 1, 32 * h + 2 * i + 2)
+    keys[#keys + 1] = string.format('%s:p:%d:%02x%02x', ns, i, a, b)
   end
 end
-local hashes = {}
-for i = 1, #ids, 1000 do
-  local part = redis.call('HMGET', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
-  for _, h in ipairs(part) do hashes[#hashes + 1] = h end
+if #keys == 0 then return {'', ''} end
+local parts = redis.call('MGET', unpack(keys))
+local lens = {}
+for i = 1, #keys do
+  local p = parts[i]
+  if type(p) ~= 'string' or #p >= cap or #p % 8 ~= 0 then p = '' end
+  parts[i] = p
+  lens[i] = struct.pack('<I4', #p)
 end
-return {ids, hashes}
+return {table.concat(lens), table.concat(parts)}
 """
+# Index writes, keys derived the same way: ARGV[2] the hashes end to end, ARGV[3] their ids
+# (8 bytes each, little-endian), ARGV[4...] the same ids in decimal (the id -> hash table's
+# fields). An id is appended to a posting list only while the list is under ARGV[1] bytes,
+# so a crowded list stops at MAX_BUCKET ids. A foreign value under a list's key is left alone.
+_ADD_LUA = """
+local ns = string.sub(KEYS[1], 1, -3)
+local cap, q, ids = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+for h = 0, #q / 32 - 1 do
+  redis.call('HSET', KEYS[1], ARGV[4 + h], string.sub(q, 32 * h + 1, 32 * h + 32))
+  local id = string.sub(ids, 8 * h + 1, 8 * h + 8)
+  for i = 0, 15 do
+    local a, b = string.byte(q, 32 * h + 2 * i + 1, 32 * h + 2 * i + 2)
+    local key = string.format('%s:p:%d:%02x%02x', ns, i, a, b)
+    local n = redis.pcall('STRLEN', key)
+    if type(n) == 'number' and n < cap then redis.call('APPEND', key, id) end
+  end
+end
+return 1
+"""
+_ID = np.dtype("<u8")
+MAX_QUERY_HASHES = 64  # the counting below packs the query number into 6 bits
 
 
 class HashIndex:
@@ -287,44 +424,68 @@ class HashIndex:
         self.client = client
         self.ns = f"{prefix}:nd:{{{model_sha256[:16]}}}"
         self.ttl_s = ttl_s
-        self._candidates = client.register_script(_CANDIDATES_LUA)
+        self._postings = client.register_script(_POSTINGS_LUA)
+        self._add = client.register_script(_ADD_LUA)
 
     def chunk_keys(self, bits: bytes) -> list[str]:
-        return [f"{self.ns}:c:{i}:{bits[2 * i : 2 * i + 2].hex()}" for i in range(CHUNKS)]
+        """The posting-list keys of a hash's 16 chunks."""
+        return [f"{self.ns}:p:{i}:{bits[2 * i : 2 * i + 2].hex()}" for i in range(CHUNKS)]
+
+    def candidate_ids(self, hashes: Sequence[bytes]) -> np.ndarray:
+        """Ids (sorted) that share at least MIN_CHUNK_HITS chunks with one of `hashes`: one round trip."""
+        if not hashes:
+            return np.zeros(0, np.int64)
+        if len(hashes) > MAX_QUERY_HASHES:
+            raise ValueError(f"at most {MAX_QUERY_HASHES} hashes per lookup, got {len(hashes)}")
+        if any(len(h) != HASH_BYTES for h in hashes):
+            raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes")
+        lens, blob = self._postings(keys=[f"{self.ns}:h"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes)])
+        counts = np.frombuffer(lens, "<u4") // _ID.itemsize
+        ids = np.frombuffer(blob, _ID)
+        query = np.repeat(np.arange(len(counts), dtype=np.uint64) // CHUNKS, counts)
+        # one entry per (id, query hash) found in MIN_CHUNK_HITS of that hash's 16 lists
+        pairs, hits = np.unique((ids << np.uint64(6)) | query, return_counts=True)
+        return np.unique(pairs[hits >= MIN_CHUNK_HITS] >> np.uint64(6)).astype(np.int64)
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, dict]]:
+        """(ids, [K, 32] hashes, {video: summary}) for candidate ids, in one round trip; ids
+        without a hash (not ours) and videos without a summary (expired, not ours) are left out."""
+        if len(ids) == 0:
+            return np.zeros(0, np.int64), as_matrix([]), {}
+        videos = sorted({int(i) // SLOTS_PER_VIDEO for i in ids})
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(f"{self.ns}:h", [str(int(i)) for i in ids])
+        pipe.mget([f"{self.ns}:v:{v}" for v in videos])
+        raw, bodies = pipe.execute()
+        summaries = {}
+        for video, body in zip(videos, bodies):
+            try:
+                summary = json.loads(body) if body else None
+            except (ValueError, TypeError):
+                summary = None  # a foreign value under our key: not a match
+            if isinstance(summary, dict):
+                summaries[video] = summary
+        keep = [(int(i), h) for i, h in zip(ids, raw) if h and len(h) == HASH_BYTES]
+        return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep]), summaries
 
     def candidates(self, hashes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """(hash ids, [K, 32] hashes) sharing at least MIN_CHUNK_HITS chunks with one of `hashes`."""
-        keys = [f"{self.ns}:h"] + [k for h in hashes for k in self.chunk_keys(h)]
-        ids, raw = self._candidates(keys=keys, args=[MAX_BUCKET, MIN_CHUNK_HITS])
-        # anything else under our keys (a foreign value) is not a candidate
-        keep = [(int(i), h) for i, h in zip(ids, raw) if i.isdigit() and h and len(h) == HASH_BYTES]
-        return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep])
-
-    def summaries(self, videos: Sequence[int]) -> list[dict | None]:
-        if not videos:
-            return []
-        out = []
-        for body in self.client.mget([f"{self.ns}:v:{v}" for v in videos]):
-            try:
-                out.append(json.loads(body) if body else None)
-            except (ValueError, TypeError):
-                out.append(None)  # a foreign value under our key: not a match
-        return out
+        ids, found, _ = self.fetch(self.candidate_ids(hashes))
+        return ids, found
 
     def add(self, request_id: str, summary: dict, hashes: Sequence[bytes]) -> bool:
         """Index one video's hashes under a new video number; False if the request was indexed already."""
-        hashes = list(hashes)[:SLOTS_PER_VIDEO]  # 128 frames, each also as a crop
+        hashes = list(hashes)[:SLOTS_PER_VIDEO]
         video = int(self.client.incr(f"{self.ns}:seq"))
         if not self.client.set(f"{self.ns}:r:{request_id}", video, nx=True, ex=self.ttl_s):
             return False
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
-        for slot, bits in enumerate(hashes):
-            hid = video * SLOTS_PER_VIDEO + slot
-            pipe.hset(f"{self.ns}:h", str(hid), bits)
-            for key in self.chunk_keys(bits):
-                pipe.sadd(key, hid)
-        pipe.execute()
+        if any(len(h) != HASH_BYTES for h in hashes):
+            raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes")
+        ids = [video * SLOTS_PER_VIDEO + slot for slot in range(len(hashes))]
+        self.client.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
+        if hashes:
+            self._add(keys=[f"{self.ns}:h"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes),
+                                                   np.array(ids, _ID).tobytes(), *map(str, ids)])
         return True
 
 
@@ -373,12 +534,14 @@ class NearDuplicates:
         )
         return cls(settings, banks, index)
 
-    def hash(self, frames: Sequence[Frame]) -> VideoHashes:
-        return hash_frames(frames)
+    def hashes_of(self, info) -> VideoHashes:
+        """The grid hashes decoding left in a video's VideoInfo (empty if it was decoded without)."""
+        return VideoHashes.from_info(info)
 
     def lookup(self, hashes: VideoHashes) -> Match | None:
-        """The best near-duplicate of a video: a flagging match (bank, or fake in the index) first."""
-        usable = hashes.usable(self.min_quality)
+        """The best near-duplicate of a video: a flagging match (bank, or fake in the index) first.
+        Its query is `hashes.query()`: the usable grid frames, at most QUERY_MAX of them."""
+        usable = hashes.query(self.min_quality)
         if not usable:
             return None
         query = as_matrix([h.bits for h in usable])
@@ -396,21 +559,19 @@ class NearDuplicates:
             return None
 
     def _index_lookup(self, query: np.ndarray) -> Match | None:
-        ids, cands = self.index.candidates([bytes(q) for q in query])
+        ids, cands, summaries = self.index.fetch(self.index.candidate_ids([bytes(q) for q in query]))
         if len(ids) == 0:
             return None
         close = hamming(query, cands).min(axis=0) <= self.max_distance
-        videos = sorted({int(i) // SLOTS_PER_VIDEO for i in ids[close]})
-        hits = []
-        for video in videos:
-            mine = ids // SLOTS_PER_VIDEO == video
-            hit = video_match(query, cands[mine], self.max_distance, self.min_frames, self.min_fraction)
-            if hit is not None:
-                hits.append((video, hit))
         best = None
-        for (video, (distances, matched)), summary in zip(hits, self.index.summaries([v for v, _ in hits])):
+        for video in sorted({int(i) // SLOTS_PER_VIDEO for i in ids[close]}):
+            summary = summaries.get(video)
             if summary is None or summary.get("label") not in (LABEL_FAKE, LABEL_REAL):
                 continue  # expired, or not ours
+            hit = video_match(query, cands[ids // SLOTS_PER_VIDEO == video], self.max_distance, self.min_frames, self.min_fraction)
+            if hit is None:
+                continue
+            distances, matched = hit
             match = Match("index", distances, matched, summary.get("request_id"), summary["label"], summary.get("score"))
             # a fake outranks a real; then more matched frames, then closer
             rank = (match.flags, matched, -sum(distances))
@@ -434,11 +595,11 @@ class NearDuplicates:
             "score": verdict.score,
             "model_sha256": verdict.model.sha256 if verdict.model else None,
             "created_at": verdict.created_at,
-            "frames": [[h.frame_index, h.hex, h.quality] for h in hashes.frames],
+            "grid": [[h.frame_index, h.hex, h.quality] for h in hashes.frames],
             "faces": [[h.frame_index, h.hex, h.quality] for h in hashes.faces],
         }
         try:
-            self.index.add(verdict.request_id, summary, indexed_hashes(hashes, frames, self.min_quality))
+            self.index.add(verdict.request_id, summary, indexed_hashes(hashes, self.min_quality))
         except redis.RedisError as exc:
             self._outage()
             log.warning("neardup_record_failed", request_id=verdict.request_id, error=str(exc))
@@ -452,12 +613,12 @@ class NearDuplicates:
 
 # -- making banks -----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m worker.pipeline.neardup VIDEO...`: print the PDQ hashes of each video's sampled
-    frames as bank lines (`hex quality  # file`), the way the worker hashes them."""
+    """`python -m worker.pipeline.neardup VIDEO...`: print the PDQ hashes of each video as bank
+    lines (`hex quality  # file`), what the worker indexes of it: its usable grid frames and
+    their centre crops."""
     import argparse
     import sys
 
-    from worker.media.decode import decode_frames
     from worker.types import ScanError
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -470,14 +631,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for path in args.videos:
         try:
-            frames, _ = decode_frames(path, settings)
+            hashes, _ = hash_video(path, settings)
         except ScanError as exc:
             print(f"{path}: {exc.reason}", file=sys.stderr)
             failed += 1
             continue
-        for h in hash_frames(frames).frames:
+        for h, crop in zip(hashes.frames, hashes.crops):
             if h.quality >= settings.neardup_min_quality:
-                print(f"{h.hex} {h.quality}  # {path.name} frame {h.frame_index}")
+                print(f"{h.hex} {h.quality}  # {path.name} grid {h.frame_index}")
+                if crop is not None:
+                    print(f"{crop.hex()}  # {path.name} grid {h.frame_index}, centre crop")
     return 1 if failed else 0
 
 

@@ -157,7 +157,7 @@ class Scanner:
         hashes, matches = [], []
         for video in videos:
             t0 = time.perf_counter()
-            hashes.append(nd.hash(video.frames))
+            hashes.append(nd.hashes_of(video.info))  # hashed while decoding (worker/media/loader.py)
             matches.append(nd.lookup(hashes[-1]))
             video.timings_ms["neardup"] = _ms_since(t0)
         fresh = iter(self._analyze([v for v, m in zip(videos, matches) if m is None or not m.flags]))
