@@ -22,7 +22,7 @@ Phases:
    as the baseline;
 4. cost: `Scanner.scan` of the same videos with the feature off (baseline) and on, in the
    same run: the extra decode time (the hash grid: more frames reached, each scaled to
-   128 px and hashed twice), the lookup and the index write per video, against the scan
+   160x160 px and hashed twice), the lookup and the index write per video, against the scan
    without the feature (the random-weight atto bundle of benchmarks/detection.py).
 """
 
@@ -232,8 +232,12 @@ def bulk_load(index: nd.HashIndex, count: int, seed: int = 0, per_video: int = 1
     k = np.arange(count)
     ids = (first + k // per_video) * nd.SLOTS_PER_VIDEO + k % per_video
     pipe = client.pipeline(transaction=False)
-    for start in range(0, count, 1000):
-        pipe.hset(f"{index.ns}:h", mapping={str(int(ids[j])): hashes[j].tobytes() for j in range(start, min(start + 1000, count))})
+    for v in range(first, first + count // per_video):  # as HashIndex.add stores them
+        rows = slice((v - first) * per_video, (v - first + 1) * per_video)
+        pipe.set(f"{index.ns}:vh:{v}", hashes[rows].tobytes(), ex=index.ttl_s)
+        pipe.set(f"{index.ns}:v:{v}", b'{"request_id":"bulk-%d","label":"real","score":0.1}' % v, ex=index.ttl_s)
+        if len(pipe) > 50_000:
+            pipe.execute()
     pipe.execute()
     # one APPEND per (chunk, value) with all its ids packed: about 16 x 65536 commands for 1M hashes
     for c in range(nd.CHUNKS):
@@ -241,14 +245,10 @@ def bulk_load(index: nd.HashIndex, count: int, seed: int = 0, per_video: int = 1
         order = np.argsort(values, kind="stable")
         bounds = np.flatnonzero(np.diff(values[order])) + 1
         for group in np.split(order, bounds):
-            pipe.append(f"{index.ns}:p:{c}:{int(values[group[0]]):04x}", ids[group].astype("<u8").tobytes())
+            key = f"{index.ns}:p:{c}:{int(values[group[0]]):04x}"
+            pipe.append(key, ids[group].astype("<u8").tobytes())
+            pipe.expire(key, index.ttl_s)
         pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    for v in range(first, first + count // per_video):
-        pipe.set(f"{index.ns}:v:{v}", b'{"request_id":"bulk-%d","label":"real","score":0.1}' % v, ex=index.ttl_s)
-        if len(pipe) > 50_000:
-            pipe.execute()
-    pipe.execute()
     return time.perf_counter() - t0
 
 
@@ -269,10 +269,10 @@ def phase_latency(near: nd.NearDuplicates, queries: list, lookups: int, hashes: 
         t0 = time.perf_counter()
         near.index.client.ping()
         pings.append((time.perf_counter() - t0) * 1000)
-    # time Redis spent in the lookups' EVALSHA (the script, its MGET included) and HMGET; the
+    # time Redis spent in the lookups' EVALSHA (the script, its MGET included) and the fetch MGET; the
     # pipelined MGET of a few summaries is left out (commandstats mixes it with the script's)
     stats = near.index.client.info("commandstats")
-    server_us = sum(stats.get(f"cmdstat_{c}", {}).get("usec", 0) for c in ("evalsha", "hmget"))
+    server_us = sum(stats.get(f"cmdstat_{c}", {}).get("usec", 0) for c in ("evalsha", "mget"))
     times.sort()
     pings.sort()
     # a random query (no near-duplicate): only chance chunk collisions to verify
@@ -407,7 +407,7 @@ def report(settings: Settings, recall: dict, distinct: dict, latency: dict, bank
         f"the lookups: p50 {latency['ping_p50']:.2f} ms, p99 {latency['ping_p99']:.2f} ms (lookup p50 = "
         f"{latency['p50'] / latency['ping_p50']:.1f}x a PING's, p99 = {latency['p99'] / latency['ping_p99']:.1f}x); a query with no near-duplicate ({nd.QUERY_MAX} random hashes) p50 {latency['miss_p50']:.2f} ms, "
         f"p99 {latency['miss_p99']:.2f} ms. CPU per lookup of a re-upload, which load does not inflate as much: "
-        f"{latency['client_cpu_ms']:.2f} ms in the worker's process, {latency['server_ms']:.2f} ms in Redis (EVALSHA and HMGET). A bank of {bank['size']:,} hashes (held in memory, compared by brute "
+        f"{latency['client_cpu_ms']:.2f} ms in the worker's process, {latency['server_ms']:.2f} ms in Redis (EVALSHA and MGET). A bank of {bank['size']:,} hashes (held in memory, compared by brute "
         f"force): {bank['ms']:.1f} ms per video.",
         f"Cost in `scan` (the same {cost['off']['videos']} scans with the feature off, the baseline, and on, in turns "
         f"in this run; random-weight atto bundle, threshold 1.0 so every video is scanned and indexed, none answered): decode "

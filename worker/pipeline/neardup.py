@@ -21,7 +21,7 @@ The Redis index is multi-index hashing: each 256-bit hash is cut into 16 chunks 
 its id is appended to one posting list per (chunk position, chunk value). Two hashes within 14
 bits share at least two chunks exactly (pigeonhole), so a lookup reads the 16 lists of each
 query hash (one Lua script, one round trip), keeps the ids found in two of them, fetches those
-candidates' full hashes and verdict summaries (one pipelined round trip) and keeps the ones
+candidates' full hashes and verdict summaries (one MGET) and keeps the ones
 within the distance; beyond 14 bits a match is found only if two chunks are untouched, which
 the benchmark measures (benchmarks/neardup.py). Lists of MAX_BUCKET ids are full (no longer
 appended to) and skipped, so the 14-bit guarantee assumes the shared chunks are not such values.
@@ -29,10 +29,18 @@ Keys (prefix from settings.redis_key_prefix; the model's hash tag keeps one mode
 one cluster slot, which the lookup script relies on, and one model's verdicts never answer for
 another model):
     {prefix}:nd:{model16}:seq            counter of indexed videos
-    {prefix}:nd:{model16}:h              hash id -> 32 raw PDQ bytes (id = video * 256 + slot)
+    {prefix}:nd:{model16}:vh:{video}     the video's raw PDQ hashes, 32 bytes per slot, end to end
+                                         (hash id = video * 256 + slot), with the cache TTL
     {prefix}:nd:{model16}:p:{i}:{value}  posting list: the ids (8 bytes, little-endian, end to end)
-                                         of the hashes whose chunk i is `value` (4 hex digits)
+                                         of the hashes whose chunk i is `value` (4 hex digits);
+                                         its TTL is renewed at every append
     {prefix}:nd:{model16}:v:{video}      the indexed verdict's summary (JSON), with the cache TTL
+    {prefix}:nd:{model16}:r:{request}    the video number a request was indexed under, with the TTL
+Nothing but the counter outlives the cache TTL, so the index does not grow without bound: a
+video's hashes and summary expire with it, a posting list no longer appended to expires a TTL
+after its last id, and a list that reaches MAX_BUCKET ids first drops its expired ids (ids
+only grow and share one TTL, so those are a prefix of the list, found by binary search) and
+is full only if it still holds MAX_BUCKET live ones.
     {prefix}:nd:{model16}:r:{request_id} marks a request as indexed (redelivery writes once)
 Hash ids of expired videos stay in the lists and are skipped at lookup (their summary is gone).
 """
@@ -362,7 +370,7 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 
 # -- the Redis index ----------------------------------------------------------------------
 # One round trip for the posting lists of every chunk of every query hash. KEYS[1] is the
-# namespace's id -> hash table ({ns}:h); the posting-list keys ({ns}:p:{i}:{value}) are
+# namespace's counter ({ns}:seq); the posting-list keys ({ns}:p:{i}:{value}) are
 # derived here from ARGV[2], the query hashes end to end, so a lookup sends 32 bytes per hash
 # instead of 16 key names (packing those in redis-py cost more than the lookup itself).
 # They carry the namespace's hash tag, so they lie in KEYS[1]'s slot: Redis Cluster runs the
@@ -374,7 +382,7 @@ def parse_banks(entries: Sequence[str]) -> list[Bank]:
 # client (numpy): done in Lua it costs more server time than the second round trip it would
 # save (docs/benchmarks.md).
 _POSTINGS_LUA = """
-local ns = string.sub(KEYS[1], 1, -3)
+local ns = string.sub(KEYS[1], 1, -5)
 local cap, q = tonumber(ARGV[1]), ARGV[2]
 local keys = {}
 for h = 0, #q / 32 - 1 do
@@ -394,21 +402,43 @@ for i = 1, #keys do
 end
 return {table.concat(lens), table.concat(parts)}
 """
-# Index writes, keys derived the same way: ARGV[2] the hashes end to end, ARGV[3] their ids
-# (8 bytes each, little-endian), ARGV[4...] the same ids in decimal (the id -> hash table's
-# fields). An id is appended to a posting list only while the list is under ARGV[1] bytes,
-# so a crowded list stops at MAX_BUCKET ids. A foreign value under a list's key is left alone.
+# Index writes, keys derived the same way: ARGV[1] the list cap in bytes, ARGV[2] the video's
+# hashes end to end, ARGV[3] their ids (8 bytes each, little-endian), ARGV[4] the video number,
+# ARGV[5] the TTL. The hashes are stored as one string per video, expiring with its summary; an
+# id is appended to a posting list whose TTL is then renewed. A list at the cap first drops its
+# expired ids (those whose video's hashes are gone): ids grow with the video counter and every
+# video has the same TTL, so they form a prefix, and a binary search over EXISTS finds its end.
+# The id is appended only if the list is then under the cap. A foreign value is left alone.
 _ADD_LUA = """
-local ns = string.sub(KEYS[1], 1, -3)
-local cap, q, ids = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local ns = string.sub(KEYS[1], 1, -5)
+local cap, q, ids, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5])
+redis.call('SET', ns .. ':vh:' .. ARGV[4], q, 'EX', ttl)
+local function live(list, k)  -- is the k-th id (0-based) of `list` a video whose hashes are kept?
+  local lo, hi = struct.unpack('<I4I4', list, 8 * k + 1)
+  return redis.call('EXISTS', string.format('%s:vh:%.0f', ns, math.floor((hi * 4294967296 + lo) / 256))) == 1
+end
 for h = 0, #q / 32 - 1 do
-  redis.call('HSET', KEYS[1], ARGV[4 + h], string.sub(q, 32 * h + 1, 32 * h + 32))
   local id = string.sub(ids, 8 * h + 1, 8 * h + 8)
   for i = 0, 15 do
     local a, b = string.byte(q, 32 * h + 2 * i + 1, 32 * h + 2 * i + 2)
     local key = string.format('%s:p:%d:%02x%02x', ns, i, a, b)
     local n = redis.pcall('STRLEN', key)
-    if type(n) == 'number' and n < cap then redis.call('APPEND', key, id) end
+    if type(n) == 'number' and n >= cap and n % 8 == 0 and redis.call('TYPE', key).ok == 'string' then
+      local list = redis.call('GET', key)
+      local first, last = 0, n / 8  -- the first live id lies in [first, last]
+      while first < last do
+        local mid = math.floor((first + last) / 2)
+        if live(list, mid) then last = mid else first = mid + 1 end
+      end
+      if first > 0 then
+        redis.call('SET', key, string.sub(list, 8 * first + 1), 'EX', ttl)
+        n = n - 8 * first
+      end
+    end
+    if type(n) == 'number' and n < cap then
+      redis.call('APPEND', key, id)
+      redis.call('EXPIRE', key, ttl)
+    end
   end
 end
 return 1
@@ -439,7 +469,7 @@ class HashIndex:
             raise ValueError(f"at most {MAX_QUERY_HASHES} hashes per lookup, got {len(hashes)}")
         if any(len(h) != HASH_BYTES for h in hashes):
             raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes")
-        lens, blob = self._postings(keys=[f"{self.ns}:h"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes)])
+        lens, blob = self._postings(keys=[f"{self.ns}:seq"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes)])
         counts = np.frombuffer(lens, "<u4") // _ID.itemsize
         ids = np.frombuffer(blob, _ID)
         query = np.repeat(np.arange(len(counts), dtype=np.uint64) // CHUNKS, counts)
@@ -453,19 +483,20 @@ class HashIndex:
         if len(ids) == 0:
             return np.zeros(0, np.int64), as_matrix([]), {}
         videos = sorted({int(i) // SLOTS_PER_VIDEO for i in ids})
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(f"{self.ns}:h", [str(int(i)) for i in ids])
-        pipe.mget([f"{self.ns}:v:{v}" for v in videos])
-        raw, bodies = pipe.execute()
-        summaries = {}
-        for video, body in zip(videos, bodies):
+        replies = self.client.mget([f"{self.ns}:vh:{v}" for v in videos] + [f"{self.ns}:v:{v}" for v in videos])
+        stored, summaries = dict(zip(videos, replies[: len(videos)])), {}
+        for video, body in zip(videos, replies[len(videos) :]):
             try:
                 summary = json.loads(body) if body else None
             except (ValueError, TypeError):
                 summary = None  # a foreign value under our key: not a match
             if isinstance(summary, dict):
                 summaries[video] = summary
-        keep = [(int(i), h) for i, h in zip(ids, raw) if h and len(h) == HASH_BYTES]
+        keep = []
+        for i in ids:
+            blob, slot = stored.get(int(i) // SLOTS_PER_VIDEO), int(i) % SLOTS_PER_VIDEO
+            if isinstance(blob, bytes) and len(blob) % HASH_BYTES == 0 and len(blob) >= HASH_BYTES * (slot + 1):
+                keep.append((int(i), blob[HASH_BYTES * slot : HASH_BYTES * (slot + 1)]))
         return np.array([i for i, _ in keep], np.int64), as_matrix([h for _, h in keep]), summaries
 
     def candidates(self, hashes: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -484,8 +515,8 @@ class HashIndex:
         ids = [video * SLOTS_PER_VIDEO + slot for slot in range(len(hashes))]
         self.client.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
         if hashes:
-            self._add(keys=[f"{self.ns}:h"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes),
-                                                   np.array(ids, _ID).tobytes(), *map(str, ids)])
+            self._add(keys=[f"{self.ns}:seq"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes),
+                                                     np.array(ids, _ID).tobytes(), video, self.ttl_s])
         return True
 
 
