@@ -90,6 +90,9 @@ class Settings:
     early_decision: bool = _opt(
         False, "Score every other frame with faces first and skip the rest of a video whose label they can no longer change (exact: the label is always the one full scoring gives; the verdict's score is then the bound that decided it, see docs/streaming.md)."
     )
+    crops_per_face: int = _opt(
+        4, "Classify each face track (the same face linked across sampled frames) in at most this many frames spread over it; the video score is the highest track score (docs/streaming.md). 0: every face in every frame."
+    )
     batch_max_wait_ms: int = _opt(20, "How long a partial batch waits for more work across videos.")
     # --- Kafka -----------------------------------------------------------------
     kafka_bootstrap: str = _opt("127.0.0.1:19092", "Kafka bootstrap servers (comma-separated host:port).")
