@@ -2,6 +2,7 @@
 
     python -m benchmarks.detection [--videos 50] [--baseline-videos 8] [--crowd-videos 20] [--write docs/benchmarks.md]
     python -m benchmarks.detection --isolation-rounds 4 [--videos 30] [--write docs/benchmarks.md]
+    python -m benchmarks.detection --glue-rounds 3 [--write docs/benchmarks.md]
 
 Clips of one talking head, and clips of six (benchmarks/clips.py): classification grows with
 faces, so both kinds are measured against the baseline.
@@ -12,7 +13,8 @@ Phases run in child processes so each one's peak RSS is its own:
 - baseline: what the seed's scripts did: OpenCV reads every frame and keeps 10, one
   RetinaFace call per frame at full resolution, one classifier call per face;
 - decode: our `decode_frames` against the `ffmpeg` command line producing the same frames;
-- models: each model stage against bare `session.run` on the very same batches.
+- models: each model stage against bare `session.run` on the very same batches
+  (--glue-rounds N: only this phase, N times in fresh processes).
 With --isolation-rounds: only `ours`, with fetch + decode in child processes (the default)
 and in threads (DFD_MEDIA_ISOLATION=thread), alternating, to measure what containment costs.
 Figures are printed and, with --write, put into the "Detection" section of the given file.
@@ -222,22 +224,29 @@ def phase_models(n: int, kind: str = "single") -> dict:
     inputs = [classifier.preprocess(crops[i : i + step]) for i in range(0, len(crops), step)]
     classifier.predict(crops)
 
-    def best_of(a, b, reps=9) -> tuple[float, float]:
-        """Fastest of `reps` runs of each, interleaved so both see the same background load."""
+    cpu: dict[str, float] = {}
+
+    def best_of(a, b, reps=9, name="") -> tuple[float, float]:
+        """Fastest of `reps` runs of each, interleaved so both see the same background load;
+        the CPU time (all threads) of those fastest runs goes into cpu[name + "_full" / "_bare"]."""
         ta, tb = [], []
         for _ in range(reps):
             for fn, times in ((a, ta), (b, tb)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
-                times.append(time.perf_counter() - t0)
-        return min(ta), min(tb)
+                times.append((time.perf_counter() - t0, time.process_time() - c0))
+        cpu[name + "_full"], cpu[name + "_bare"] = min(ta)[1], min(tb)[1]
+        return min(ta)[0], min(tb)[0]
 
     det_full, det_bare = best_of(
         lambda: detector.detect(images),
         lambda: [detector.session.run(None, {detector.input_name: b.array}) for b in batches],
+        name="detect",
     )
-    cls_full, cls_bare = best_of(lambda: classifier.predict(crops), lambda: [classifier.forward(x) for x in inputs])
+    cls_full, cls_bare = best_of(lambda: classifier.predict(crops), lambda: [classifier.forward(x) for x in inputs], name="classify")
     return {
+        "detect_cpu_ms": 1000 * cpu["detect_full"],
+        "detect_bare_cpu_ms": 1000 * cpu["detect_bare"],
         "frames": len(images),
         "faces": int(len(crops)),
         "detect_ms": 1000 * det_full,
@@ -346,6 +355,27 @@ def isolation_report(rounds: list[dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def glue_report(runs: list[dict]) -> str:
+    """Model stages against bare session.run on the same batches, one row per fresh process."""
+    lines = [
+        f"{len(runs)} runs in fresh processes, each best of 9 interleaved with bare `session.run` on the very same "
+        f"batches ({runs[0]['frames']} frames of 6 one-person clips, {runs[0]['faces']} faces); {os.cpu_count()} cores "
+        f"(load average {os.getloadavg()[0]:.1f} at the end). CPU time is all threads' (process time) of those runs.",
+        "",
+        "| Run | detection ms (ours / bare) | detection ratio | detection CPU ms (ours / bare) | classification ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(runs, 1):
+        lines.append(
+            f"| {i} | {r['detect_ms']:.0f} / {r['detect_bare_ms']:.0f} | **{r['detect_ratio']:.3f}x** | "
+            f"{r['detect_cpu_ms']:.0f} / {r['detect_bare_cpu_ms']:.0f} | {r['classify_ratio']:.3f}x |"
+        )
+    worst = max(r["detect_ratio"] for r in runs)
+    lines += ["", f"Floor: face detection within 1.15x of bare ORT in every run. Worst run {worst:.3f}x: "
+              f"{'met' if worst <= 1.15 else 'NOT met'}."]
+    return "\n".join(lines)
+
+
 def write_section(path: Path, heading: str, body: str) -> None:
     """Replace (or append) the `## heading` section of a Markdown file."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -369,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crowd-videos", type=int, default=20, help="videos of the six-person clips for ours and the baseline (default: %(default)s; 0 skips)")
     ap.add_argument("--write", type=Path, help="Markdown file whose 'Detection' section gets the figures")
     ap.add_argument(
+        "--glue-rounds", type=int, default=0,
+        help="Only measure each model stage against bare ORT on the same batches, this many runs (fresh processes)",
+    )
+    ap.add_argument(
         "--isolation-rounds", type=int, default=0,
         help="Only compare media in child processes against in-thread decoding, this many rounds",
     )
@@ -378,6 +412,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bench_bundle()
     benchmark_clips(12)
+    if args.glue_rounds:
+        runs = []
+        for i in range(args.glue_rounds):
+            runs.append(run_phase("models", 6))
+            print(f"run {i + 1}: detection {runs[-1]['detect_ratio']:.3f}x, classification {runs[-1]['classify_ratio']:.3f}x "
+                  f"bare ORT (load average {os.getloadavg()[0]:.1f})", flush=True)
+        text = glue_report(runs)
+        print(text)
+        print(json.dumps(runs, indent=1), file=sys.stderr)
+        if args.write:
+            write_section(args.write, "Detection: model glue across runs", f"Measured {time.strftime('%Y-%m-%d')} with "
+                          f"`python -m benchmarks.detection --glue-rounds {args.glue_rounds} --write {args.write}`.\n\n{text}")
+        return 0
     if args.isolation_rounds:
         rounds = []
         for i in range(args.isolation_rounds):
