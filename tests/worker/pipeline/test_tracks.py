@@ -9,6 +9,7 @@ import pytest
 
 from worker.pipeline.aggregate import STRATEGIES, aggregate
 from worker.pipeline.tracks import (
+    MAX_GAP,
     MIN_TRACK_FRAMES,
     counted,
     early_label_tracks,
@@ -61,9 +62,10 @@ def test_faces_far_apart_or_of_very_different_size_are_different_tracks():
 
 def test_a_track_survives_short_gaps_but_not_long_ones():
     one = _box(300, 300)
-    tracks = link_tracks([[one], [], [], [one]])  # hidden for 2 frames: same face
+    assert MAX_GAP == 4
+    tracks = link_tracks([[one], [], [], [], [], [one]])  # hidden for 4 frames: same face
     assert len(tracks) == 1
-    tracks = link_tracks([[one], [], [], [], [one]])  # 3 frames: a new track
+    tracks = link_tracks([[one], [], [], [], [], [], [one]])  # 5 frames: a new track
     assert len(tracks) == 2
 
 
