@@ -74,6 +74,61 @@ def run_once(bundle: str, k: int) -> dict:
     }
 
 
+def eval_set(bundle: str, ks: list[int]) -> str:
+    """The demo bundle's own evaluation set (`dfd-train prepare` crops, val and test splits):
+    per-clip AUC and labels at the bundle's threshold with every frame against K frames spread
+    over each clip (its clips hold one face per frame, so one track each)."""
+    import csv
+    from collections import defaultdict
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from training.dataset import load_rgb
+    from worker.models.bundle import load_bundle
+    from worker.models.classifier import FakeClassifier
+    from worker.paths import cache_dir
+    from worker.pipeline.aggregate import aggregate
+    from worker.pipeline.tracks import spread
+    from worker.settings import Settings
+
+    data = cache_dir() / "demo-work-v3" / "data"
+    rows = [r for r in csv.DictReader(open(data / "metadata.csv")) if r["split"] in ("val", "test")]
+    b = load_bundle(bundle)
+    scores = FakeClassifier(b, Settings()).predict(np.stack([load_rgb(data / r["crop"]) for r in rows]))
+    clips: dict[tuple[str, str], dict] = defaultdict(lambda: {"frames": {}, "label": None})
+    for r, s in zip(rows, scores):
+        clip = clips[(r["split"], r["video"])]
+        clip["label"] = r["label"]
+        frame = int(r["frame_index"])
+        clip["frames"][frame] = max(clip["frames"].get(frame, 0.0), float(s))
+    lines = [
+        f"Evaluation set of {b.info.name} ({b.aggregation}, threshold {b.threshold:.3f}): the val and test clips of "
+        f"`dfd-train prepare` ({len(clips)} clips, {sum(len(c['frames']) > 1 for c in clips.values())} with several frames; "
+        "one face per frame, so one track per clip).",
+        "",
+        "| Split | K | per-clip AUC | per-clip AUC, clips of several frames | labels that differ from every frame |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("val", "test"):
+        mine = [c for (sp, _), c in clips.items() if sp == split]
+        truth = [c["label"] == "fake" for c in mine]
+        full = None
+        for k in ks:
+            video = [aggregate(np.array([c["frames"][f] for f in sorted(c["frames"])])[spread(len(c["frames"]), k)], b.aggregation)
+                     for c in mine]
+            labels = [v >= b.threshold for v in video]
+            if full is None:
+                full = labels
+            auc = roc_auc_score(truth, video) if len(set(truth)) == 2 else float("nan")
+            multi = [i for i, c in enumerate(mine) if len(c["frames"]) > 1]
+            t_multi = [truth[i] for i in multi]
+            auc_multi = roc_auc_score(t_multi, [video[i] for i in multi]) if len(set(t_multi)) == 2 else float("nan")
+            lines.append(f"| {split} | {k} | {auc:.3f} | {auc_multi:.3f} ({len(multi)} clips) | "
+                         f"{sum(a != f for a, f in zip(labels, full))} of {len(mine)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks.tracks", description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, nargs="+", default=[0, 4], help="DFD_CROPS_PER_FACE values; 0 first (default: %(default)s)")
@@ -81,17 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", help="model bundle folder (default: the demo bundle, built if missing)")
     ap.add_argument("--write", type=Path, help="Markdown file whose 'Face tracks' section gets the figures")
     ap.add_argument("--save", type=Path, help="also write the raw runs to this JSON file")
+    ap.add_argument("--load", type=Path, help="report the runs saved by --save instead of scanning")
+    ap.add_argument("--eval-set", action="store_true", help="only the bundle's own evaluation set (per-clip AUC, labels) for each K")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one is not None:
         print(json.dumps(run_once(args.bundle, args.one)))
         return 0
+    if args.bundle is None and args.load:
+        args.bundle = json.loads(args.load.read_text())["bundle"]
     if args.bundle is None:
         from training.demo import ensure_demo_bundle
 
         args.bundle = str(ensure_demo_bundle(progress=True))
     info = clips()
     ks = [0] + [k for k in args.k if k != 0]
+    if args.load:
+        saved = json.loads(args.load.read_text())
+        return report(args, info, ks, {int(k): v for k, v in saved["runs"].items()})
+    if args.eval_set:
+        print(eval_set(args.bundle, ks))
+        return 0
     runs: dict[int, list[dict]] = {k: [] for k in ks}
     for _ in range(args.rounds):
         for k in ks:
