@@ -119,10 +119,13 @@ class FaceDetector:
         per_call = max(1, self.settings.max_batch_frames)
         return [members[start : start + per_call] for members in groups.values() for start in range(0, len(members), per_call)]
 
-    def prepare(self, images: list[np.ndarray], chunk: list[tuple[int, tuple[int, int]]]) -> DetectionBatch:
-        """One planned batch: downscaled, BGR minus the mean, NCHW float32."""
+    def prepare(
+        self, images: list[np.ndarray], chunk: list[tuple[int, tuple[int, int]]], out: np.ndarray | None = None
+    ) -> DetectionBatch:
+        """One planned batch: downscaled, BGR minus the mean, NCHW float32 (into `out`'s first
+        rows when given: a buffer of at least this many rows of this size)."""
         width, height = chunk[0][1]
-        array = np.empty((len(chunk), 3, height, width), np.float32)
+        array = np.empty((len(chunk), 3, height, width), np.float32) if out is None else out[: len(chunk)]
         scales = np.empty((len(chunk), 2), np.float32)
         for row, (i, size) in enumerate(chunk):
             image = images[i]
@@ -196,11 +199,24 @@ class FaceDetector:
         # The next batch is downscaled and converted in a helper thread while ONNX Runtime
         # runs this one (OpenCV and numpy release the GIL): on 2 cores that glue otherwise
         # adds ~7% to the network's time in one thread while ORT's threads wait on it.
-        pending = self._helper().submit(self.prepare, images, chunks[0])
+        # Two input buffers per frame size, taken in turn (batch k+1 is written while batch k
+        # is read), for this call only: fresh pages for every batch cost the kernel a zeroing.
+        buffers: dict[tuple[int, int], list] = {}  # size -> [next turn, buffer 0, buffer 1]
+
+        def buffer(k: int) -> np.ndarray:
+            (width, height), rows = chunks[k][0][1], max(1, self.settings.max_batch_frames)
+            turns = buffers.setdefault((width, height), [0, None, None])
+            turn = turns[0]
+            turns[0] ^= 1
+            if turns[1 + turn] is None:
+                turns[1 + turn] = np.empty((rows, 3, height, width), np.float32)
+            return turns[1 + turn]
+
+        pending = self._helper().submit(self.prepare, images, chunks[0], buffer(0))
         for k in range(len(chunks)):
             batch = pending.result()
             if k + 1 < len(chunks):
-                pending = self._helper().submit(self.prepare, images, chunks[k + 1])
+                pending = self._helper().submit(self.prepare, images, chunks[k + 1], buffer(k + 1))
             for index, faces in zip(batch.image_indices, self.postprocess(batch, self.forward(batch))):
                 found[index] = faces
         return found
