@@ -214,6 +214,8 @@ def report(args, info, ks: list[int], runs: dict[int, list[dict]]) -> int:
         old = full["per_frame_scores"][i]
         lines.append(f"- {path.name} ({kind}{', ' + truth if truth else ''}): {fmt}, before {'-' if old is None else f'{old:.3f}'}")
     text = "\n".join(lines)
+    if args.write:  # the section carries the evaluation-set table too
+        text += "\n\n" + eval_set(args.bundle, ks)
     print(text)
     if args.write:
         write_section(args.write, "Face tracks", f"Measured {time.strftime('%Y-%m-%d')} with `python -m benchmarks.tracks "
