@@ -209,3 +209,16 @@ def test_the_same_crops_score_the_same_with_or_without_sampling(scan_panel):
     by_place = {(f.frame_index, tuple(round(x) for x in f.box)): f.fake_score for f in every.faces}
     for f in some.faces:
         assert f.fake_score == pytest.approx(by_place[(f.frame_index, tuple(round(x) for x in f.box))], abs=1e-5)
+
+
+def test_tracks_survive_the_verdict_json_and_older_verdicts_have_none():
+    from worker.types import FaceResult, Verdict
+
+    tracks = [{"faces": [0, 1], "frames_seen": 7, "score": 0.8, "counted": True}]
+    faces = [FaceResult(0, 0.0, [1, 2, 3, 4], 0.99, 0.7), FaceResult(3, 1.0, [1, 2, 3, 4], 0.98, 0.9)]
+    v = Verdict("r", "u", "fake", score=0.8, faces=faces, tracks=tracks)
+    back = Verdict.from_dict(v.to_dict())
+    assert back.tracks == tracks and back.to_dict() == v.to_dict()
+    old = v.to_dict()
+    del old["tracks"]  # a verdict written before face tracks (e.g. from the cache)
+    assert Verdict.from_dict(old).tracks is None
