@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.startup
 	$(BIN)/python -m benchmarks.quantization
 	$(BIN)/python -m benchmarks.early_decision
+	$(BIN)/python -m benchmarks.tracks
 	$(BIN)/python -m benchmarks.neardup
 
 # GPU figures (CUDA and TensorRT providers, fp16 classifier, detection batch 32): onnxruntime-gpu

@@ -86,9 +86,14 @@ class Settings:
     max_batch_frames: int = _opt(
         8, "Frames per face-detection call (8 is fastest on CPU, measured; raise it on a GPU)."
     )
-    max_batch_faces: int = _opt(32, "Face crops per classification call.")
+    max_batch_faces: int = _opt(
+        4, "Face crops per classification call (4 is cheaper per crop on CPU than 32, measured: big batches spill the activations out of the caches; raise it on a GPU)."
+    )
     early_decision: bool = _opt(
-        False, "Score every other frame with faces first and skip the rest of a video whose label they can no longer change (exact: the label is always the one full scoring gives; the verdict's score is then the bound that decided it, see docs/streaming.md)."
+        False, "Score every other chosen face of each face track first and skip the rest of a video whose label they can no longer change (exact: the label is always the one full scoring gives; the verdict's score is then the bound that decided it, see docs/streaming.md)."
+    )
+    crops_per_face: int = _opt(
+        4, "Classify each face track (the same face linked across sampled frames) in at most this many frames spread over it; the video score is the highest track score (docs/streaming.md). 0: every face in every frame."
     )
     batch_max_wait_ms: int = _opt(20, "How long a partial batch waits for more work across videos.")
     # --- Kafka -----------------------------------------------------------------

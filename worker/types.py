@@ -179,6 +179,9 @@ class Verdict:
     # set when DFD_EARLY_DECISION stopped scoring frames once the label could no longer change:
     # {"frames_scored": k, "score_is": "lower_bound" | "upper_bound"}
     early_decision: dict[str, Any] | None = None
+    # face tracks (the same face across sampled frames, worker/pipeline/tracks.py): per track
+    # {"faces": [indices into faces], "frames_seen": n, "score": s | None, "counted": bool}
+    tracks: list[dict[str, Any]] | None = None
     created_at: float = field(default_factory=time.time)
     schema_version: int = VERDICT_SCHEMA_VERSION
     callback_url: str | None = None  # the request's, carried for dfd-api's webhook sender
@@ -221,6 +224,7 @@ class Verdict:
             "cached": self.cached,
             "near_duplicate": self.near_duplicate,
             "early_decision": self.early_decision,
+            "tracks": self.tracks,
             "created_at": self.created_at,
             **({"callback_url": self.callback_url} if self.callback_url is not None else {}),
         }

@@ -71,6 +71,17 @@ def test_detail_shows_faces_threshold_model_and_notice(api):
     assert no_thumb.status_code == 404 and missing.status_code == 404
 
 
+def test_detail_lists_face_tracks(api):
+    tracks = [{"faces": [0], "frames_seen": 6, "score": 0.912, "counted": True},
+              {"faces": [1], "frames_seen": 1, "score": 0.35, "counted": False}]
+    verdict = make_verdict("t-1", tracks=tracks)
+    VerdictCache.from_settings(api.settings).put(verdict)
+    with api.client() as http:
+        html = http.get("/review/t-1").text
+    assert html.count('class="track"') == 2 and "highest of the face tracks' mean" in html
+    assert "no (seen in one frame)" in html and "0.912" in html  # read back from the cache
+
+
 def test_user_controlled_strings_are_escaped(api):
     verdict = make_verdict("x-1", metadata={"title": XSS})
     verdict.uri = "https://cdn.example.com/v.mp4?<script>alert(1)</script>"

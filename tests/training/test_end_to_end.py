@@ -97,7 +97,8 @@ def test_worker_scans_with_the_bundle_and_sees_the_training_crops(chain, prepare
     from training.evaluate import score_crops
 
     bundle = load_bundle(chain / "bundle")
-    scanner = Scanner(Settings(model_dir=str(bundle.path)), bundle)
+    # every face of every frame (DFD_CROPS_PER_FACE=0): training scored them all
+    scanner = Scanner(Settings(model_dir=str(bundle.path), crops_per_face=0), bundle)
     clips = [labelled_clips / "real" / "clip3.mp4", labelled_clips / "fake" / "clip3.mp4"]
     verdicts = scanner.scan([ScanRequest(f"r{i}", str(p)) for i, p in enumerate(clips)], extra_roots=[str(labelled_clips)])
     info = json.loads((chain / "model" / "dfd_training.json").read_text())

@@ -25,7 +25,8 @@ from worker.models.bundle import ModelBundle, effective_detection, file_sha256, 
 from worker.models.classifier import FakeClassifier
 from worker.models.crops import crop_faces
 from worker.models.retinaface import FaceDetector
-from worker.pipeline.aggregate import STRATEGIES, aggregate, early_label, frame_scores
+from worker.pipeline.aggregate import STRATEGIES, aggregate
+from worker.pipeline.tracks import Track, counted, early_label_tracks, link_tracks, spread, video_score
 from worker.pipeline.neardup import NearDuplicates
 from worker.settings import Settings
 from worker.types import (
@@ -205,21 +206,37 @@ class Scanner:
         detections = self.detector.detect([f.image for _, f in frames])
         detect_ms = _ms_since(t0)
 
+        # Faces linked into tracks per video; only the crops chosen from each track are cut.
         t0 = time.perf_counter()
-        crops, owners = [], []  # owners[i] = (video index, frame, detection) of crops[i]
+        per_video: list[list[tuple[Frame, list]]] = [[] for _ in videos]
         for (vi, frame), dets in zip(frames, detections):
-            if not dets:
-                continue
-            crops.append(
-                crop_faces(frame.image, dets, self.bundle.input_size, self.bundle.crop_margin, self.bundle.align_faces)
-            )
-            owners.extend((vi, frame, d) for d in dets)
+            per_video[vi].append((frame, dets))
+        tracks: list[list[Track]] = []
+        chosen: dict[tuple[int, int, int], int] = {}  # (video, frame position, detection) -> track
+        for vi, seen in enumerate(per_video):
+            tracks.append(link_tracks([[d.box for d in dets] for _, dets in seen]))
+            for ti, track in enumerate(tracks[vi]):
+                for j in spread(len(track.members), self.settings.crops_per_face):
+                    chosen[(vi, *track.members[j])] = ti
+        track_ms = _ms_since(t0)
+
+        t0 = time.perf_counter()
+        crops, owners = [], []  # owners[i] = (video index, frame, detection, track) of crops[i]
+        for vi, seen in enumerate(per_video):
+            for t, (frame, dets) in enumerate(seen):
+                picks = [(d, chosen[(vi, t, k)]) for k, d in enumerate(dets) if (vi, t, k) in chosen]
+                if not picks:
+                    continue
+                crops.append(crop_faces(
+                    frame.image, [d for d, _ in picks], self.bundle.input_size, self.bundle.crop_margin, self.bundle.align_faces
+                ))
+                owners.extend((vi, frame, d, ti) for d, ti in picks)
         crop_ms = _ms_since(t0)
 
         t0 = time.perf_counter()
         crops = np.concatenate(crops) if crops else np.zeros((0, self.bundle.input_size, self.bundle.input_size, 3), np.uint8)
         if self.settings.early_decision:
-            scores, early = self._classify_early(len(videos), crops, owners)
+            scores, early = self._classify_early(tracks, owners, crops)
         else:
             scores, early = self.classifier.predict(crops), {}
         classify_ms = _ms_since(t0)
@@ -227,58 +244,61 @@ class Scanner:
 
         n_faces = np.bincount([o[0] for o, ok in zip(owners, scored) if ok], minlength=len(videos)).astype(np.float64)
         dropped = np.zeros(len(videos), np.int64)
+        with_faces = np.zeros(len(videos), np.int64)
         for (vi, _), dets in zip(frames, detections):
             dropped[vi] += getattr(dets, "dropped", 0)
+            with_faces[vi] += bool(dets)
         thumbs = thumbnail_jpegs(crops) if len(crops) and self.settings.store_thumbnails else None
         verdicts = []
         for vi, video in enumerate(videos):
             # Batched stage times are shared out by each video's share of the work.
             timings = dict(video.timings_ms)
             timings["detect"] = detect_ms * n_frames[vi] / max(n_frames.sum(), 1)
+            timings["track"] = track_ms * n_frames[vi] / max(n_frames.sum(), 1)
             timings["crop"] = crop_ms * n_faces[vi] / max(n_faces.sum(), 1)
             timings["classify"] = classify_ms * n_faces[vi] / max(n_faces.sum(), 1)
-            faces = [
-                FaceResult(frame.index, frame.time_s, [float(v) for v in d.box], float(d.score), float(s))
-                for (owner, frame, d), s, ok in zip(owners, scores, scored)
-                if owner == vi and ok
-            ]
-            verdicts.append(self._verdict(video, faces, timings, faces_dropped=int(dropped[vi]), early=early.get(vi)))
+            mine = [(frame, d, ti, float(s)) for (owner, frame, d, ti), s, ok in zip(owners, scores, scored) if owner == vi and ok]
+            faces = [FaceResult(frame.index, frame.time_s, [float(v) for v in d.box], float(d.score), s) for frame, d, _, s in mine]
+            verdicts.append(self._verdict(
+                video, faces, [ti for _, _, ti, _ in mine], tracks[vi], timings, faces_dropped=int(dropped[vi]),
+                early=early.get(vi), frames_with_faces=int(with_faces[vi]),
+            ))
             if thumbs is not None:
-                verdicts[-1].thumbnails = [t for (owner, _, _), t, ok in zip(owners, thumbs, scored) if owner == vi and ok]
+                verdicts[-1].thumbnails = [t for (owner, _, _, _), t, ok in zip(owners, thumbs, scored) if owner == vi and ok]
         return verdicts
 
-    def _classify_early(self, n_videos: int, crops: np.ndarray, owners: list) -> tuple[np.ndarray, dict]:
-        """Fake scores in two rounds: the faces of every other frame with faces (spread over each
-        video), then the rest only for videos whose label those could still change. Scores of
-        faces left out are NaN; `early[video index]` = (is_fake, score bound, frames scored,
-        frames with faces) for videos decided after the first round (exact: see early_label)."""
-        face_frames: list[list[int]] = [[] for _ in range(n_videos)]
-        for vi, frame, _ in owners:
-            if not face_frames[vi] or face_frames[vi][-1] != frame.index:
-                face_frames[vi].append(frame.index)
-        first = {(vi, f) for vi, frames in enumerate(face_frames) for f in frames[::2]}
+    def _classify_early(self, tracks: list[list[Track]], owners: list, crops: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Fake scores in two rounds: every other chosen crop of each track (spread over it),
+        then the rest only for videos whose label those could still change. Scores of faces
+        left out are NaN; `early[video index]` = (is_fake, score bound, frames scored, frames
+        with faces) for videos decided after the first round (exact: see early_label_tracks)."""
+        rows: list[list[list[int]]] = [[[] for _ in video_tracks] for video_tracks in tracks]
+        for i, (vi, _, _, ti) in enumerate(owners):
+            rows[vi][ti].append(i)
+        round1 = sorted(i for video_rows in rows for track_rows in video_rows for i in track_rows[::2])
         scores = np.full(len(owners), np.nan, np.float32)
-        round1 = [i for i, (vi, frame, _) in enumerate(owners) if (vi, frame.index) in first]
         if round1:
             scores[round1] = self.classifier.predict(crops[round1])
         early = {}
-        for vi, frames in enumerate(face_frames):
-            unknown = len(frames) - len(frames[::2])
-            if unknown == 0:
-                continue
-            mine = [i for i in round1 if owners[i][0] == vi]
-            _, known = frame_scores([owners[i][1].index for i in mine], scores[mine])
-            got = early_label(known, unknown, self.aggregation, self.threshold)
+        for vi, video_rows in enumerate(rows):
+            if all(len(r) == len(r[::2]) for r in video_rows):
+                continue  # nothing left to skip
+            known = [(scores[r[::2]], len(r) - len(r[::2])) for r in video_rows]
+            lengths = [len(t.members) for t in tracks[vi]]
+            got = early_label_tracks(known, lengths, self.aggregation, self.threshold)
             if got is not None:
-                early[vi] = (*got, len(known), len(frames))
-        round2 = [i for i, (vi, _, _) in enumerate(owners) if np.isnan(scores[i]) and vi not in early]
+                frames_scored = len({owners[i][1].index for r in video_rows for i in r[::2]})
+                frames_with_faces = len({owners[i][1].index for r in video_rows for i in r})
+                early[vi] = (*got, frames_scored, frames_with_faces)
+        round2 = [i for i, (vi, _, _, _) in enumerate(owners) if np.isnan(scores[i]) and vi not in early]
         if round2:
             scores[round2] = self.classifier.predict(crops[round2])
         return scores, early
 
     def _verdict(
-        self, video: DecodedVideo, faces: list[FaceResult], timings: dict[str, float], faces_dropped: int = 0,
-        early: tuple[bool, float, int, int] | None = None,
+        self, video: DecodedVideo, faces: list[FaceResult], face_tracks: list[int], tracks: list[Track],
+        timings: dict[str, float], faces_dropped: int = 0, early: tuple[bool, float, int, int] | None = None,
+        frames_with_faces: int = 0,
     ) -> Verdict:
         req = video.request
         common = dict(
@@ -290,36 +310,47 @@ class Scanner:
             faces=faces,
             faces_dropped=faces_dropped,
             frames_sampled=len(video.frames),
+            frames_with_faces=frames_with_faces,
             content_sha256=video.content_sha256,
             timings_ms=timings,
             metadata=req.metadata,
             callback_url=req.callback_url,
         )
         if not faces:
+            common["frames_with_faces"] = 0
             return Verdict(
                 label=LABEL_NO_FACE,
                 reason=f"no face found in {len(video.frames)} sampled frames",
                 **common,
             )
+        t0 = time.perf_counter()
+        lengths = [len(t.members) for t in tracks]
+        members: list[list[int]] = [[] for _ in tracks]
+        for i, ti in enumerate(face_tracks):
+            members[ti].append(i)
+        chosen = [len(spread(n, self.settings.crops_per_face)) for n in lengths]
+        complete = [len(m) == c for m, c in zip(members, chosen)]
+        per_track = [aggregate([faces[i].fake_score for i in m], self.aggregation) if ok else None
+                     for m, ok in zip(members, complete)]
+        common["tracks"] = [
+            {"faces": m, "frames_seen": n, "score": None if s is None else round(float(s), 6), "counted": c}
+            for m, n, s, c in zip(members, lengths, per_track, counted(lengths))
+        ]
         if early is not None:
-            # decided before every frame was scored: the label is the one full scoring would
-            # give, and the score is the bound that decided it (the full score lies beyond it)
-            is_fake, bound, frames_scored, frames_with_faces = early
+            # decided before every chosen face was scored: the label is the one full scoring
+            # would give, and the score is the bound that decided it (the full score lies beyond it)
+            is_fake, bound, frames_scored, _ = early
             return Verdict(
                 label=LABEL_FAKE if is_fake else LABEL_REAL,
                 score=bound,
-                frames_with_faces=frames_with_faces,
                 early_decision={"frames_scored": frames_scored, "score_is": "lower_bound" if is_fake else "upper_bound"},
                 **common,
             )
-        t0 = time.perf_counter()
-        ids, per_frame = frame_scores([f.frame_index for f in faces], [f.fake_score for f in faces])
-        score = aggregate(per_frame, self.aggregation)
+        score, _ = video_score([[faces[i].fake_score for i in m] for m in members], lengths, self.aggregation)
         timings["aggregate"] = _ms_since(t0)
         return Verdict(
             label=LABEL_FAKE if score >= self.threshold else LABEL_REAL,
             score=score,
-            frames_with_faces=int(ids.size),
             **common,
         )
 

@@ -71,3 +71,18 @@ def test_empty_and_wrong_input(classifier):
         classifier.predict(np.zeros((2, 112, 112, 3), np.uint8))
     with pytest.raises(ValueError, match="expected uint8 crops"):
         classifier.predict(np.zeros((2, 224, 224, 3), np.float32))
+
+
+def test_normalise_gives_exactly_the_numbers_of_a_plain_transpose_and_cast():
+    # training and serving share normalise(): it must not drift from the obvious formula
+    from worker.models.classifier import norm_constants, normalise
+
+    scale, shift = norm_constants((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    crops = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    plain = crops.transpose(0, 3, 1, 2).astype(np.float32)
+    plain *= scale
+    plain += shift
+    got = normalise(crops, scale, shift)
+    assert got.shape == (5, 3, 32, 32) and got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, plain)
+    assert normalise(crops[:0], scale, shift).shape == (0, 3, 32, 32)

@@ -248,3 +248,21 @@ def test_no_faces_and_bad_input(detector):
         detector.detect([np.zeros((64, 64), np.uint8)])
     with pytest.raises(ValueError, match="RGB uint8"):
         detector.detect([np.zeros((64, 64, 3), np.float32)])
+
+
+@pytest.mark.parametrize("per_call", [1, 2, 3])
+def test_detect_with_batches_prepared_ahead_equals_one_batch_at_a_time(astronaut_rgb, carphone_frames, per_call):
+    # detect() writes batch k+1 into a reused buffer while batch k runs: frames of two sizes
+    # in turn and a short last batch must give exactly the faces of the plain stage-by-stage path
+    detector = FaceDetector(Settings(max_batch_frames=per_call))
+    images = [img for pair in zip(carphone_frames[:7], [astronaut_rgb] * 7) for img in pair] + carphone_frames[7:10]
+    plain = [None] * len(images)
+    for batch in detector.preprocess(images):
+        for index, faces in zip(batch.image_indices, detector.postprocess(batch, detector.forward(batch))):
+            plain[index] = faces
+    for _ in range(2):  # and again: the helper thread and buffers carry nothing over between calls
+        got = detector.detect(images)
+        assert [len(f) for f in got] == [len(f) for f in plain] and sum(len(f) for f in got) >= len(images) - 1
+        for mine, ref in zip(got, plain):
+            for a, b in zip(mine, ref):
+                assert np.array_equal(a.box, b.box) and a.score == b.score

@@ -100,18 +100,22 @@ def test_early_decision_gives_the_label_of_full_scoring(scanners, carphone, aggr
         assert early.label == "real" and early.score >= full.score - 1e-6 and early.score < threshold
 
 
-def test_certain_verdicts_skip_half_the_frames(scanners, carphone):
+@pytest.mark.parametrize("crops_per_face", [0, 4])
+def test_certain_verdicts_skip_half_the_frames(scanners, carphone, crops_per_face):
     # a threshold of 0 makes every video fake and one above 1 every video real, whatever the
-    # scores: the first round (every other frame) is enough for mean
+    # scores: the first round (every other chosen frame of the face track) is enough for mean
     for threshold, label in ((0.0, "fake"), (1.01, "real")):
-        v = _one(scanners(aggregation="mean", threshold=threshold, early_decision=True), carphone)
+        v = _one(scanners(aggregation="mean", threshold=threshold, early_decision=True, crops_per_face=crops_per_face), carphone)
         assert v.label == label and v.early_decision is not None
-        assert v.early_decision["frames_scored"] == (v.frames_with_faces + 1) // 2
+        chosen = v.frames_with_faces if crops_per_face == 0 else min(v.frames_with_faces, crops_per_face)
+        assert v.early_decision["frames_scored"] == (chosen + 1) // 2
         assert len({f.frame_index for f in v.faces}) == v.early_decision["frames_scored"]
         assert v.to_dict()["early_decision"] == v.early_decision
 
 
-def test_off_by_default(scanners, carphone):
-    v = _one(scanners(aggregation="mean", threshold=0.0), carphone)
+@pytest.mark.parametrize("crops_per_face", [0, 4])
+def test_off_by_default(scanners, carphone, crops_per_face):
+    v = _one(scanners(aggregation="mean", threshold=0.0, crops_per_face=crops_per_face), carphone)
     assert v.early_decision is None and v.to_dict()["early_decision"] is None
-    assert len({f.frame_index for f in v.faces}) == v.frames_with_faces
+    chosen = v.frames_with_faces if crops_per_face == 0 else min(v.frames_with_faces, crops_per_face)
+    assert len({f.frame_index for f in v.faces}) == chosen
