@@ -118,8 +118,10 @@ def shift_resize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One self-blended image from an RGB uint8 face crop and its 5 landmarks: (fake, mask)."""
+def blend_pair(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target): two differently transformed copies of one image. Each of the colour and
+    the sharpness change goes to one of the two at random (the paper's choice), and the source
+    is slightly resized and shifted; the target is the whole image, changed or not."""
     source, target = image.copy(), image.copy()
     if rng.random() < 0.5:
         source = colour_transform(source, rng)
@@ -129,7 +131,14 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
         source = sharpness_transform(source, rng)
     else:
         target = sharpness_transform(target, rng)
-    source = shift_resize(source, rng)
+    return shift_resize(source, rng), target
+
+
+def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One self-blended image from an RGB uint8 face crop and its 5 landmarks: (fake, mask).
+
+    The fake is the target outside the mask, the source inside it, and a mix on its soft edge."""
+    source, target = blend_pair(image, rng)
     mask = landmark_mask(image.shape[:2], landmarks, rng) * rng.choice(BLEND_RATIOS)
     m = mask[..., None]
     fake = source.astype(np.float32) * m + target.astype(np.float32) * (1 - m)
