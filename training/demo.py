@@ -42,18 +42,20 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 # Bump when the recipe changes: the cache folder is keyed by it.
-DEMO_VERSION = "v3"
+DEMO_VERSION = "v4"
 DEMO_NAME = "convnextv2-atto-DEMO-sbi"
 INPUT_SIZE = 64  # small: the machines this was tuned on have 2 shared cores (v2: 96 px)
 FRAMES_PER_CLIP = 20  # more carphone frames than the worker's default 10: more (correlated) faces
-MAX_STEPS = 200  # about 57 passes over the ~110 training crops
+MAX_STEPS = 800  # about 7 passes over the ~3,500 training crops (v3: 200 over ~110)
 BATCH_SIZE = 32
-EVAL_STEPS = 50
-LEARNING_RATE = 5e-4
-# Trials on the shared machine (docs/training.md): self-blends drawn anew at every draw with the
-# stronger Augment.cross_source() (120 steps of 32 at 1e-3; 300 of 16 at 1e-3) never moved the
-# training loss from ln 2; the stored blends with the default augmentations learn a little.
-FRESH_BLENDS = False
+EVAL_STEPS = 100
+LEARNING_RATE = 1e-3
+# v4: blend carriers (training.patches): real patches of bikes.mp4 and the shipped photos with
+# face-crop landmarks, self-blended anew at every draw, starting CURRICULUM times stronger.
+PATCH_VIDEO_FRAMES = 40  # frames of bikes.mp4 cut into patches
+PATCHES_PER_IMAGE = 30
+FRESH_BLENDS = True
+CURRICULUM = 3.0
 HELD_OUT = "carphone"  # the source never trained on: threshold on its validation half, figures on its test half
 CARPHONE_CLIPS = 6  # the 120-frame clip is cut into this many groups
 SPLIT_OF_CLIP = ("val", "val", "val", "test", "test", "test")
@@ -205,11 +207,25 @@ def _quiet_libraries():
         worker_logger.setLevel(level)
 
 
+def training_threads() -> int:
+    """Torch threads for the demo's training: one per core the machine's load leaves free (at
+    least one). On cores other processes keep busy, two threads that wait for each other were
+    measured five times slower per step than one (docs/training.md)."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    free = cores - int(round(os.getloadavg()[0]))
+    return max(1, min(torch.get_num_threads(), free))
+
+
 def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False) -> Path:
     """Run the whole chain in `work` (resumable); returns the bundle folder inside it."""
     from training.augment import Augment
     from training.evaluate import evaluate
     from training.export import export
+    from training.patches import add_patches, natural_images
     from training.prepare import prepare, prepare_images
     from training.synth import synthesize
     from training.train import train
@@ -223,6 +239,9 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
         detector = FaceDetector(settings)
         prepare(_carphone_clips(work), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
         prepare_images(_still_faces(), data, settings, input_size=INPUT_SIZE, detector=detector)
+        _say(f"   + blend carriers: {PATCHES_PER_IMAGE} real patches of each shipped photo and of {PATCH_VIDEO_FRAMES} "
+             "bikes.mp4 frames (training only)")
+        add_patches(data, natural_images(PATCH_VIDEO_FRAMES), PATCHES_PER_IMAGE)
         _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
         synthesize(data, per_real=1, progress=False)
         synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)
@@ -232,13 +251,19 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
             _say(f"3/5 training: done before ({model_dir})")
         else:
             shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts again
-            _say(f"3/5 training ConvNeXt V2 atto from random weights, {max_steps} steps (log: {work / 'train.log'})")
+            import torch
+
+            threads, before = training_threads(), torch.get_num_threads()
+            torch.set_num_threads(threads)
+            _say(f"3/5 training ConvNeXt V2 atto from random weights, {max_steps} steps on {threads} thread(s) "
+                 f"(log: {work / 'train.log'})")
             (work / "train.log").unlink(missing_ok=True)
             model_dir = train(data, run, base="atto", max_steps=max_steps, eval_steps=EVAL_STEPS, batch_size=BATCH_SIZE,
                               learning_rate=LEARNING_RATE, patience=max_steps, report_to=[], quiet=not progress,
-                              augment=Augment(), fresh_blends=FRESH_BLENDS,
+                              augment=Augment(), fresh_blends=FRESH_BLENDS, curriculum=CURRICULUM,
                               exclude=[f"source={HELD_OUT}", "manipulation=face-swap"],
                               log_file=work / "train.log")
+            torch.set_num_threads(before)
         _say(f"4/5 evaluating; the threshold keeps false alarms on the held-out {HELD_OUT} validation faces "
              f"at or below {FALSE_ALARM_TARGET:.0%}")
         report = evaluate(model_dir, data, work / "report", method="target_fpr", target=FALSE_ALARM_TARGET, tsne=False,
