@@ -49,11 +49,12 @@ FRAMES_PER_CLIP = 20  # more carphone frames than the worker's default 10: more 
 MAX_STEPS = 800  # about 7 passes over the ~3,500 training crops (v3: 200 over ~110)
 BATCH_SIZE = 32
 EVAL_STEPS = 100
-LEARNING_RATE = 1e-3
+LEARNING_RATE = 2e-4  # 5e-4 (v3), 1e-3 and 4e-3 left the loss at ln 2; 2e-4 learns (docs/training.md)
 # v4: blend carriers (training.patches): real patches of bikes.mp4 and the shipped photos with
 # face-crop landmarks, self-blended anew at every draw, starting CURRICULUM times stronger.
 PATCH_VIDEO_FRAMES = 40  # frames of bikes.mp4 cut into patches
 PATCHES_PER_IMAGE = 30
+FACE_CROPS_PER_FACE = 150  # the two colour training faces, jittered: real face contours many times over
 FRESH_BLENDS = True
 CURRICULUM = 3.0
 HELD_OUT = "carphone"  # the source never trained on: threshold on its validation half, figures on its test half
@@ -130,6 +131,16 @@ def _still_faces() -> list[tuple[str, np.ndarray, str, str, str, str]]:
         group = f"lfw-{i}"
         stills.append((group, rgb, "real", group, split_for(group, 0.2, 0.2), "lfw"))
     return stills
+
+
+def _colour_faces(detector) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """The colour training faces (astronaut, Grace Hopper) with their 5 landmarks in image pixels."""
+    faces = []
+    for name, image, _, group, split, _ in _still_faces()[:2]:
+        found = detector.detect([image])[0]
+        if found and split == "train":
+            faces.append((name, image, max(found, key=lambda d: d.score).landmarks, group))
+    return faces
 
 
 def _identity(row: dict) -> str:
@@ -225,7 +236,7 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
     from training.augment import Augment
     from training.evaluate import evaluate
     from training.export import export
-    from training.patches import add_patches, natural_images
+    from training.patches import add_face_crops, add_patches, natural_images
     from training.prepare import prepare, prepare_images
     from training.synth import synthesize
     from training.train import train
@@ -242,6 +253,8 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
         _say(f"   + blend carriers: {PATCHES_PER_IMAGE} real patches of each shipped photo and of {PATCH_VIDEO_FRAMES} "
              "bikes.mp4 frames (training only)")
         add_patches(data, natural_images(PATCH_VIDEO_FRAMES), PATCHES_PER_IMAGE)
+        _say(f"   + {FACE_CROPS_PER_FACE} jittered crops of each colour training face (astronaut, Grace Hopper)")
+        add_face_crops(data, _colour_faces(detector), FACE_CROPS_PER_FACE)
         _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
         synthesize(data, per_real=1, progress=False)
         synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)

@@ -139,3 +139,53 @@ def add_patches(folder: str | Path, images: list[tuple[str, np.ndarray]], per_im
     append_rows(folder / "metadata.csv", META_FIELDS, new)
     check_groups(read_table(folder / "metadata.csv"), str(folder / "metadata.csv"))
     return len(new)
+
+
+def face_crop(image: np.ndarray, landmarks: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A jittered square crop around a face (scale, shift, rotation, mirror drawn from rng) and its
+    5 landmarks in the crop: (crop RGB uint8 [size, size, 3], landmarks [5, 2])."""
+    eyes, mouth = landmarks[:2].mean(0), landmarks[3:5].mean(0)
+    centre = (eyes + mouth) / 2 + rng.uniform(-0.12, 0.12, 2) * np.linalg.norm(mouth - eyes) * 2
+    side = np.linalg.norm(mouth - eyes) * rng.uniform(3.0, 4.6)
+    angle = rng.uniform(-15, 15)
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, size / side)
+    m[:, 2] += size / 2 - centre
+    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+    lm = landmarks @ m[:, :2].T + m[:, 2]
+    if rng.random() < 0.5:  # mirror: left and right landmarks swap places
+        crop, lm = crop[:, ::-1], np.c_[size - 1 - lm[:, 0], lm[:, 1]][[1, 0, 2, 4, 3]]
+    return np.ascontiguousarray(crop), np.clip(lm, 0, size - 1).astype(np.float32)
+
+
+def add_face_crops(folder: str | Path, faces: list[tuple[str, np.ndarray, np.ndarray, str]], per_face: int, seed: int = 0) -> int:
+    """Add `per_face` jittered crops of each (name, RGB image, 5 landmarks in image pixels, group)
+    training face: real colour faces with their natural face-to-background contour, many times
+    over, so a blend boundary is not just "a contour around the face". Returns how many were added."""
+    folder = Path(folder)
+    rows = read_metadata(folder)
+    size = int(cv2.imread(str(folder / rows[0]["crop"])).shape[0])
+    split_of = {r["group"]: r["split"] for r in rows}
+    done = {r["crop"] for r in rows}
+    new = []
+    for name, image, landmarks, group in faces:
+        if FORBIDDEN in name or FORBIDDEN in group:
+            raise ValueError(f"{name}: the held-out source {FORBIDDEN} is never a training face")
+        if split_of.get(group, "train") != "train":
+            raise ValueError(f"{name}: group {group!r} is in {split_of[group]}, not train")
+        digest = hashlib.sha256(f"face|{name}|{seed}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        for k in range(per_face):
+            crop, lm = face_crop(image, np.asarray(landmarks, np.float64), size, rng)
+            rel = f"crops/real/{SOURCE}/face-{name}_{k:03d}.png"
+            if rel in done:
+                continue
+            save_rgb(folder / rel, crop)
+            row = {"crop": rel, "video": f"{SOURCE}:face-{name}", "group": group, "split": "train", "label": "real",
+                   "origin": "image", "source": name, "frame_index": 0, "time_s": 0.0, "face_index": k,
+                   "x1": "", "y1": "", "x2": "", "y2": "", "det_score": "",
+                   "dataset": SOURCE, "manipulation": "real", "donor": ""}
+            row.update({f"lm{i}{axis}": round(float(lm[i, j]), 2) for i in range(5) for j, axis in enumerate("xy")})
+            new.append(row)
+    append_rows(folder / "metadata.csv", META_FIELDS, new)
+    check_groups(read_table(folder / "metadata.csv"), str(folder / "metadata.csv"))
+    return len(new)

@@ -82,3 +82,42 @@ def test_face_layouts_stay_in_the_crop_and_near_the_pool():
     assert (layouts >= 2).all() and (layouts <= 61).all()
     assert np.abs(layouts.mean(0) - pool[0]).max() < 3  # jitter around the real layout, not a drift
     assert layouts[:, 0, 0].std() > 1  # but jittered
+
+
+def _dotted_face():
+    """A grey picture with a coloured disc at each of 5 face landmarks (eyes, nose, mouth corners)."""
+    import cv2
+
+    image = np.full((400, 400, 3), 128, np.uint8)
+    lm = np.array([[160, 160], [240, 160], [200, 200], [170, 240], [230, 240]], np.float32)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    for p, c in zip(lm, colours):
+        cv2.circle(image, (int(p[0]), int(p[1])), 12, c, -1)
+    return image, lm, colours
+
+
+def test_face_crops_keep_their_landmarks_on_the_face_left_to_right():
+    image, lm, colours = _dotted_face()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        crop, out = patches.face_crop(image, lm, 64, rng)
+        assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+        on_dots = [tuple(crop[int(round(y)), int(round(x))]) for x, y in out]
+        assert all(c in colours for c in on_dots), on_dots  # every landmark still sits on its disc
+        assert out[0, 0] < out[1, 0] and out[3, 0] < out[4, 0]  # mirrored crops swap left and right
+        assert sorted(on_dots) == sorted(colours)
+
+
+def test_face_crops_join_their_still_group_in_training_and_carphone_is_refused(prepared, tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(prepared, folder)
+    image, lm, _ = _dotted_face()
+    assert patches.add_face_crops(folder, [("dots", image, lm, "dots")], per_face=5) == 5
+    assert patches.add_face_crops(folder, [("dots", image, lm, "dots")], per_face=5) == 0
+    rows = [r for r in read_metadata(folder) if r["group"] == "dots"]
+    assert len(rows) == 5 and {(r["split"], r["label"], r["dataset"]) for r in rows} == {("train", "real", "patches")}
+    with pytest.raises(ValueError, match="carphone"):
+        patches.add_face_crops(folder, [("carphone-0", image, lm, "carphone-0")], per_face=1)
+    val_group = next(r["group"] for r in read_metadata(folder) if r["split"] == "val")
+    with pytest.raises(ValueError, match="not train"):
+        patches.add_face_crops(folder, [("x", image, lm, val_group)], per_face=1)
