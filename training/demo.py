@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.augment import Augment
 from worker.paths import cache_dir
 from worker.settings import Settings
 
@@ -57,6 +58,7 @@ PATCHES_PER_IMAGE = 30
 FACE_CROPS_PER_FACE = 150  # the two colour training faces, jittered: real face contours many times over
 FRESH_BLENDS = True
 CURRICULUM = 3.0
+AUGMENT = Augment()  # the default augmentations (resolution, blur, JPEG 40-95, colour, flips)
 HELD_OUT = "carphone"  # the source never trained on: threshold on its validation half, figures on its test half
 CARPHONE_CLIPS = 6  # the 120-frame clip is cut into this many groups
 SPLIT_OF_CLIP = ("val", "val", "val", "test", "test", "test")
@@ -231,33 +233,38 @@ def training_threads() -> int:
     return max(1, min(torch.get_num_threads(), free))
 
 
-def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False) -> Path:
-    """Run the whole chain in `work` (resumable); returns the bundle folder inside it."""
-    from training.augment import Augment
-    from training.evaluate import evaluate
-    from training.export import export
+def build_data(work: Path) -> Path:
+    """Steps 1 and 2 of the build (resumable): the prepared faces, blend carriers and pseudo-fakes in `work/data`."""
     from training.patches import add_face_crops, add_patches, natural_images
     from training.prepare import prepare, prepare_images
     from training.synth import synthesize
+    from worker.models.retinaface import FaceDetector
+
+    settings = Settings.from_env().replace(frames_per_video=FRAMES_PER_CLIP)
+    data = work / "data"
+    _say("1/5 faces: carphone clips (held out: never trained on), LFW, astronaut, cameraman, Grace Hopper")
+    detector = FaceDetector(settings)
+    prepare(_carphone_clips(work), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
+    prepare_images(_still_faces(), data, settings, input_size=INPUT_SIZE, detector=detector)
+    _say(f"   + blend carriers: {PATCHES_PER_IMAGE} real patches of each shipped photo and of {PATCH_VIDEO_FRAMES} "
+         "bikes.mp4 frames (training only)")
+    add_patches(data, natural_images(PATCH_VIDEO_FRAMES), PATCHES_PER_IMAGE)
+    _say(f"   + {FACE_CROPS_PER_FACE} jittered crops of each colour training face (astronaut, Grace Hopper)")
+    add_face_crops(data, _colour_faces(detector), FACE_CROPS_PER_FACE)
+    _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
+    synthesize(data, per_real=1, progress=False)
+    synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)
+    return data
+
+
+def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False) -> Path:
+    """Run the whole chain in `work` (resumable); returns the bundle folder inside it."""
+    from training.evaluate import evaluate
+    from training.export import export
     from training.train import train
 
     with _quiet_libraries():
-        settings = Settings.from_env().replace(frames_per_video=FRAMES_PER_CLIP)
-        data = work / "data"
-        from worker.models.retinaface import FaceDetector
-
-        _say("1/5 faces: carphone clips (held out: never trained on), LFW, astronaut, cameraman, Grace Hopper")
-        detector = FaceDetector(settings)
-        prepare(_carphone_clips(work), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
-        prepare_images(_still_faces(), data, settings, input_size=INPUT_SIZE, detector=detector)
-        _say(f"   + blend carriers: {PATCHES_PER_IMAGE} real patches of each shipped photo and of {PATCH_VIDEO_FRAMES} "
-             "bikes.mp4 frames (training only)")
-        add_patches(data, natural_images(PATCH_VIDEO_FRAMES), PATCHES_PER_IMAGE)
-        _say(f"   + {FACE_CROPS_PER_FACE} jittered crops of each colour training face (astronaut, Grace Hopper)")
-        add_face_crops(data, _colour_faces(detector), FACE_CROPS_PER_FACE)
-        _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
-        synthesize(data, per_real=1, progress=False)
-        synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)
+        data = build_data(work)
         run = work / "run"
         model_dir = run / "model"
         if (model_dir / "dfd_training.json").is_file():  # written last: a finished training run is kept
@@ -273,7 +280,7 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
             (work / "train.log").unlink(missing_ok=True)
             model_dir = train(data, run, base="atto", max_steps=max_steps, eval_steps=EVAL_STEPS, batch_size=BATCH_SIZE,
                               learning_rate=LEARNING_RATE, patience=max_steps, report_to=[], quiet=not progress,
-                              augment=Augment(), fresh_blends=FRESH_BLENDS, curriculum=CURRICULUM,
+                              augment=AUGMENT, fresh_blends=FRESH_BLENDS, curriculum=CURRICULUM,
                               exclude=[f"source={HELD_OUT}", "manipulation=face-swap"],
                               log_file=work / "train.log")
             torch.set_num_threads(before)
