@@ -140,3 +140,15 @@ def test_no_carphone_pixel_reaches_the_training_split(tmp_path):
     patches = [r for r in train if r["dataset"] == "patches"]
     assert sum(r["label"] == "real" for r in patches) >= 1000  # thousands of carriers, not ~56 faces
     assert sum(r["label"] == "fake" for r in patches) == sum(r["label"] == "real" for r in patches)
+
+
+def test_the_demo_trains_on_the_cores_the_load_leaves_free(monkeypatch):
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    for load, threads in ((0.0, 2), (0.4, 2), (0.6, 1), (1.4, 1), (9.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert demo.training_threads() == threads, load
