@@ -435,6 +435,8 @@ def add_arguments(p) -> None:
                    help="hold these rows out of training and checkpoint choice, e.g. source=carphone; repeatable")
     p.add_argument("--fixed-blends", action="store_true",
                    help="train on the self-blends as synth stored them, instead of blending each anew whenever it is drawn")
+    p.add_argument("--curriculum", type=float, default=1.0,
+                   help="fresh blends start this many times stronger and ease to normal by half-way; 1: none")
     p.add_argument("--seed", type=int, default=0, help="seed for weights (random init), shuffling and augmentation")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are (no augmentation)")
     p.add_argument("--report-to", default=None, help="wandb, tensorboard, none (default: wandb if installed and configured, else none)")
@@ -450,6 +452,7 @@ def run(args) -> int:
         patience=args.patience, seed=args.seed, augment=None if args.no_augment else Augment(),
         report_to=report_to, hp_trials=args.hp_trials, workers=args.workers, metric=args.metric,
         calibrate=not args.no_calibrate, only=args.only, exclude=args.exclude, fresh_blends=not args.fixed_blends,
+        curriculum=args.curriculum,
     )
     info = json.loads((model_dir / TRAINING_INFO).read_text())
     print(f"saved {model_dir}: the checkpoint of step {info['steps']} (of {info['steps_run']} trained), "
