@@ -185,7 +185,8 @@ class CropDataset:
     mean/std), so training sees exactly what the FakeClassifier feeds the ONNX model.
     `augment` is applied to uint8 RGB before normalising (training only). With
     `fresh_blends`, a self-blend row is blended anew from its parent crop every time it is
-    drawn (as the SBI paper does), so the model never sees the same pseudo-fake twice.
+    drawn (as the SBI paper does), so the model never sees the same pseudo-fake twice;
+    `blend_strength` (set by a curriculum as training goes) scales how strong those blends are.
     """
 
     def __init__(self, folder: str | Path, rows: list[dict[str, str]], input_size: int, mean, std, augment=None,
@@ -198,6 +199,7 @@ class CropDataset:
         self.scale, self.shift = norm_constants(mean, std)
         self.augment = augment
         self.fresh_blends = fresh_blends
+        self.blend_strength = 1.0
         self.labels = np.array([LABELS.index(r["label"]) for r in rows], np.int64)
 
     def __len__(self) -> int:
@@ -223,7 +225,7 @@ class CropDataset:
             from training.synth import self_blend
 
             parent = load_rgb(self.folder / row["source"])
-            image = self._resize(self_blend(parent, landmarks_of(row), rng)[0])
+            image = self._resize(self_blend(parent, landmarks_of(row), rng, self.blend_strength)[0])
         else:
             image = self.image(i)
         if self.augment is not None:

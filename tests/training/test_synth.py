@@ -137,3 +137,20 @@ def test_faceswap_needs_two_identities_in_a_split(prepared, tmp_path):
     shutil.copytree(prepared, folder)
     with pytest.raises(DataError, match="two identities"):
         synthesize(folder, method="faceswap", splits=("val",), progress=False)
+
+
+def test_a_stronger_blend_changes_the_face_more_and_strength_one_is_the_stored_recipe(face):
+    image, lm = face
+    diffs = {}
+    for strength in (1.0, 3.0):
+        d = []
+        for seed in range(12):
+            fake, mask = self_blend(image, lm, np.random.default_rng(seed), strength)
+            if strength > 1:
+                assert mask.max() == pytest.approx(1.0)  # a curriculum's blend is always a full one
+            d.append(np.abs(fake.astype(int) - image.astype(int))[mask > 0.5 * mask.max()].mean())
+        diffs[strength] = np.mean(d)
+    assert diffs[3.0] > 1.5 * diffs[1.0]
+    default, _ = self_blend(image, lm, np.random.default_rng(5))
+    one, _ = self_blend(image, lm, np.random.default_rng(5), 1.0)
+    assert np.array_equal(default, one)

@@ -107,6 +107,23 @@ def test_fresh_blends_are_drawn_anew_and_stored_ones_are_not(prepared, tmp_path)
     assert not torch.equal(first, stored[0]["pixel_values"])
 
 
+def test_the_blend_curriculum_starts_strong_and_eases_to_the_normal_recipe_by_half_way(prepared, tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from training.train import blend_curriculum
+
+    rows = [r for r in read_metadata(prepared) if r["label"] == "real"][:2]
+    data = CropDataset(prepared, rows, 64, (0.5,) * 3, (0.25,) * 3, fresh_blends=True)
+    callback = blend_curriculum(data, 3.0)
+    strengths = []
+    for step in (0, 25, 50, 75, 99):
+        callback.on_step_begin(None, TrainerState(global_step=step, max_steps=100), TrainerControl())
+        strengths.append(data.blend_strength)
+    assert strengths == [3.0, 2.0, 1.0, 1.0, 1.0]
+    callback.on_train_end(None, TrainerState(global_step=100, max_steps=100), TrainerControl())
+    assert data.blend_strength == 1.0
+
+
 @pytest.mark.slow
 def test_trainer_logs_go_to_the_file_and_one_bar_to_the_terminal(prepared, tmp_path, capsys):
     log_file = tmp_path / "train.log"
