@@ -93,7 +93,7 @@ class Settings:
         False, "Score every other chosen face of each face track first and skip the rest of a video whose label they can no longer change (exact: the label is always the one full scoring gives; the verdict's score is then the bound that decided it, see docs/streaming.md)."
     )
     crops_per_face: int = _opt(
-        4, "Classify each face track (the same face linked across sampled frames) in at most this many frames spread over it; the video score is the highest track score (docs/streaming.md). 0: every face in every frame."
+        0, "Classify each face track (the same face linked across sampled frames) in at most this many frames spread over it, trading evidence for speed (docs/benchmarks.md, Face tracks); 0, the default: every face in every sampled frame. Either way the video score is the highest track score (docs/streaming.md)."
     )
     batch_max_wait_ms: int = _opt(20, "How long a partial batch waits for more work across videos.")
     # --- Kafka -----------------------------------------------------------------

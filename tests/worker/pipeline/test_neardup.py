@@ -21,6 +21,7 @@ from worker.localstack import free_port
 from worker.media import variants
 from worker.media.decode import decode_frames
 from worker.models.retinaface import FaceDetector
+from worker.pipeline.tracks import spread
 from worker.pipeline import neardup
 from worker.pipeline.neardup import (
     Bank,
@@ -191,7 +192,7 @@ def test_mouth_edited_copy_of_a_real_video_is_scanned_not_answered(index_scanner
     assert {e["request_id"] for e in entries} == {"real-original", "lip-synced"}
     # one hash per classified face (K per face track: one face here)
     faces = {"real-original": len(original.faces), "lip-synced": len(edited.faces)}
-    assert min(faces.values()) == min(index_scanner.settings.crops_per_face, original.frames_with_faces)
+    assert min(faces.values()) == len(spread(original.frames_with_faces, index_scanner.settings.crops_per_face))
     assert all(len(e["faces"]) == faces[e["request_id"]] and len(e["faces"][0][1]) == 64 for e in entries)
 
 

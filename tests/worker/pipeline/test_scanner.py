@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worker.pipeline.tracks import spread
 from worker.pipeline.scanner import Scanner
 from worker.settings import Settings
 from worker.types import ScanRequest, Verdict
@@ -36,7 +37,7 @@ def test_carphone_gets_a_scored_verdict_with_faces_in_nearly_every_frame(scanner
     # the verdict carries its evidence and its provenance
     # one face, one track, classified in DFD_CROPS_PER_FACE frames spread over it
     assert len(v.tracks) == 1 and v.tracks[0]["frames_seen"] == v.frames_with_faces
-    assert len(v.faces) == min(v.frames_with_faces, scanner.settings.crops_per_face)
+    assert len(v.faces) == len(spread(v.frames_with_faces, scanner.settings.crops_per_face))
     assert v.tracks[0]["faces"] == list(range(len(v.faces))) and v.tracks[0]["score"] == pytest.approx(v.score, abs=1e-6)
     assert all(0 <= f.box[0] < f.box[2] <= 176 and 0 <= f.box[1] < f.box[3] <= 144 for f in v.faces)
     assert sorted({f.frame_index for f in v.faces}) == sorted({f.frame_index for f in v.faces if 0 <= f.time_s <= 4.9})
