@@ -65,6 +65,7 @@ def test_matches_the_compose_specification():
 
 def podman_compose_config(tmp_path) -> dict:
     """The file as podman-compose (a real compose implementation) reads and resolves it."""
+    podman_or_skip()  # podman-compose asks `podman version` first: install podman on a fresh machine
     env = dict(os.environ, MODEL_BUNDLE=str(tmp_path), VIDEOS=str(tmp_path))
     done = subprocess.run([sys.executable, "-m", "podman_compose", "-f", str(COMPOSE_FILE), "config"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
