@@ -33,6 +33,7 @@ class Augment:
     grey: float = 0.0
     noise: float = 0.0
     sharpen: float = 0.0
+    cast: float = 0.0  # a global colour cast: each channel's own gain and offset (`colour_cast`)
 
     @classmethod
     def cross_source(cls) -> "Augment":
@@ -45,6 +46,8 @@ class Augment:
             image = image[:, ::-1]
         if rng.random() < self.colour:
             image = colour_jitter(image, rng)
+        if rng.random() < self.cast:
+            image = colour_cast(image, rng)
         if rng.random() < self.grey:
             image = np.repeat(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         if rng.random() < self.blur:
@@ -67,6 +70,13 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     x = (x - mean) * rng.uniform(0.8, 1.2) + mean * rng.uniform(0.8, 1.2)  # contrast, brightness
     grey = x.mean(axis=2, keepdims=True)
     x = grey + (x - grey) * rng.uniform(0.8, 1.2)  # saturation
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def colour_cast(image: np.ndarray, rng: np.random.Generator, gain: float = 0.25, offset: float = 20.0) -> np.ndarray:
+    """The whole crop's colour changed as a camera's white balance and exposure would: each channel
+    times its own gain (1 +- `gain`) plus its own offset (+- `offset` grey levels)."""
+    x = image.astype(np.float32) * rng.uniform(1 - gain, 1 + gain, 3) + rng.uniform(-offset, offset, 3)
     return np.clip(x, 0, 255).astype(np.uint8)
 
 

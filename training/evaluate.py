@@ -236,9 +236,8 @@ def evaluate(
 ) -> dict:
     """Evaluate, write plots + report.md + evaluation.json into `out`, return the summary."""
     import torch
-    from transformers import ConvNextV2ForImageClassification
-
     from training.train import TRAINING_INFO, load_base
+    from training.untrained_bundle import load_trained
 
     model_dir, data, out = Path(model_dir), Path(data), Path(out)
     if aggregation not in STRATEGIES:
@@ -255,7 +254,7 @@ def evaluate(
         log.warning("no test split with both classes: figures below are on validation only")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ConvNextV2ForImageClassification.from_pretrained(model_dir).to(device)
+    model = load_trained(model_dir).to(device)
     size, mean, std = info["input_size"], info["mean"], info["std"]
     sets = {"val": val_rows} | ({"test": test_rows} if has_test else {})
     scored = {name: score_crops(model, CropDataset(data, r, size, mean, std), batch_size, f"score {name}" if progress else None)
@@ -317,7 +316,7 @@ def evaluate(
         pick = np.random.default_rng(0).permutation(len(final_rows))[:tsne_max]
         labels = np.array([LABELS.index(final_rows[i]["label"]) for i in pick])
         ds = CropDataset(data, [final_rows[i] for i in pick], size, mean, std)
-        base_model, _, _ = load_base(info["base"], info.get("seed", 0))
+        base_model, _, _ = load_base(info["base"], info.get("seed", 0), bool(info.get("standardise_input")))
         base_scores, base_emb = score_crops(base_model.to(device), ds, batch_size, "score base model" if progress else None)
         log.info("t-SNE of %d crops, before and after fine-tuning", len(pick))
         plot_tsne(base_emb, labels, (base_scores >= 0.5) == labels, out / "tsne_before.png", f"before ({info['base']})")

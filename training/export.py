@@ -23,7 +23,7 @@ from tqdm import tqdm
 from training.dataset import CropDataset, DataError, read_metadata, select
 from training.evaluate import EVALUATION_FILE
 from training.train import TRAINING_INFO
-from training.untrained_bundle import export_onnx
+from training.untrained_bundle import export_onnx, load_trained
 from worker.models.bundle import DETECTION_KEYS, ModelBundle, write_bundle
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,6 @@ def export(
 ) -> tuple[ModelBundle, Parity]:
     """Export, check parity, write the bundle into `out`; returns (loaded bundle, parity figures)."""
     import torch
-    from transformers import ConvNextV2ForImageClassification
-
     model_dir, data = Path(model_dir), Path(data)
     if not (model_dir / TRAINING_INFO).is_file():
         raise DataError(f"{model_dir} is not a model saved by `dfd-train train` (no {TRAINING_INFO})")
@@ -126,7 +124,7 @@ def export(
             raise DataError("the bundle needs a threshold: pass the evaluation folder (tuned on validation) or --threshold")
         threshold = report["threshold"]
 
-    model = ConvNextV2ForImageClassification.from_pretrained(model_dir).eval()
+    model = load_trained(model_dir)
     size, mean, std = info["input_size"], info["mean"], info["std"]
     rows = read_metadata(data)
     sample = (select(rows, "test") or select(rows, "val") or rows)[: max(1, parity_crops)]
@@ -177,6 +175,7 @@ def export(
             training={
                 "architecture": "ConvNextV2ForImageClassification",
                 "base": info["base"],
+                "standardise_input": bool(info.get("standardise_input")),  # inside the ONNX graph
                 "steps": info.get("steps", info.get("steps_run")),  # the kept checkpoint's step
                 "steps_run": info.get("steps_run"),
                 "seed": info.get("seed"),

@@ -36,21 +36,30 @@ from training.dataset import (
     select,
     source_of,
 )
-from training.untrained_bundle import IMAGENET_MEAN, IMAGENET_STD, SIZES, build_model
+from training.untrained_bundle import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIZES,
+    add_input_standardisation,
+    build_model,
+    restore_input_standardisation,
+)
 
 log = logging.getLogger(__name__)
 
 TRAINING_INFO = "dfd_training.json"
 
 
-def load_base(base: str, seed: int = 0):
-    """(model, mean, std) for a checkpoint folder, a size name or a hub id."""
+def load_base(base: str, seed: int = 0, standardise_input: bool = False):
+    """(model, mean, std) for a checkpoint folder, a size name or a hub id. `standardise_input`:
+    the model standardises each crop's channels itself (`untrained_bundle.add_input_standardisation`);
+    a checkpoint saved with it keeps it either way."""
     from transformers import ConvNextV2ForImageClassification
 
     id2label = dict(enumerate(LABELS))
     label2id = {v: k for k, v in id2label.items()}
     if base in SIZES:
-        return build_model(base, seed), IMAGENET_MEAN, IMAGENET_STD
+        return build_model(base, seed, standardise_input), IMAGENET_MEAN, IMAGENET_STD
     path = Path(base)
     if not path.exists() and "/" not in base:
         raise DataError(f"base {base!r} is neither a size ({', '.join(SIZES)}), a checkpoint folder nor a hub id")
@@ -61,6 +70,9 @@ def load_base(base: str, seed: int = 0):
     except OSError as exc:
         where = "checkpoint folder" if path.exists() else "hub id (is the hub reachable from here?)"
         raise DataError(f"cannot load base model {base!r} as a {where}: {exc}") from exc
+    restore_input_standardisation(model)
+    if standardise_input:
+        add_input_standardisation(model)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     for name in (TRAINING_INFO, "preprocessor_config.json"):
         cfg = path / name
@@ -219,11 +231,15 @@ def train(
     log_file: str | Path | None = None,
     fresh_blends: bool = True,
     curriculum: float = 1.0,
+    standardise_input: bool = False,
 ) -> Path:
     """Train and save the best model to `out/model`; returns that folder.
 
     `curriculum` above 1 (with fresh blends): the blends start that much stronger (colour
-    changes scaled, always fully blended) and ease linearly to the normal recipe by half-way."""
+    changes scaled, always fully blended) and ease linearly to the normal recipe by half-way.
+    `standardise_input`: the model standardises each crop's colour channels (mean 0, std 1 over
+    the crop) before its first layer, so a global colour cast of a crop is no cue; the exported
+    ONNX graph contains the step."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -244,7 +260,7 @@ def train(
         raise DataError(f"{data} has no validation crops: give some videos split=val (or a larger --val fraction in prepare)")
     check_two_classes(val_rows, "validation split")
 
-    model, mean, std = load_base(base, seed)
+    model, mean, std = load_base(base, seed, standardise_input)
     train_set = CropDataset(data, train_rows, input_size, mean, std, augment, fresh_blends=fresh_blends)
     val_set = CropDataset(data, val_rows, input_size, mean, std, None)
     weights = torch.tensor(class_weights(train_set.labels))
@@ -285,7 +301,7 @@ def train(
     )
     trainer = BalancedTrainer(
         model=None if hp_trials else model,
-        model_init=(lambda trial=None: load_base(base, seed)[0]) if hp_trials else None,
+        model_init=(lambda trial=None: load_base(base, seed, standardise_input)[0]) if hp_trials else None,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
@@ -334,6 +350,7 @@ def train(
         "synth": prep.get("synth", []),
         "fresh_blends": fresh_blends,
         "curriculum": curriculum if fresh_blends else 1.0,
+        "standardise_input": bool(getattr(trainer.model.config, "dfd_input_standardisation", None)),
         "augment": None if augment is None else augment.__dict__,
         "class_weights": weights.tolist(),
         "selection": {"metric": metric, "tie_break": "lower validation loss" if metric != "loss" else None},
@@ -437,6 +454,9 @@ def add_arguments(p) -> None:
                    help="train on the self-blends as synth stored them, instead of blending each anew whenever it is drawn")
     p.add_argument("--curriculum", type=float, default=1.0,
                    help="fresh blends start this many times stronger and ease to normal by half-way; 1: none")
+    p.add_argument("--standardise-input", action="store_true",
+                   help="the model standardises each crop's colour channels (mean 0, std 1 over the crop) itself, "
+                        "so a global colour cast is no cue; the exported model contains the step")
     p.add_argument("--seed", type=int, default=0, help="seed for weights (random init), shuffling and augmentation")
     p.add_argument("--no-augment", action="store_true", help="train on the crops as they are (no augmentation)")
     p.add_argument("--report-to", default=None, help="wandb, tensorboard, none (default: wandb if installed and configured, else none)")
@@ -452,7 +472,7 @@ def run(args) -> int:
         patience=args.patience, seed=args.seed, augment=None if args.no_augment else Augment(),
         report_to=report_to, hp_trials=args.hp_trials, workers=args.workers, metric=args.metric,
         calibrate=not args.no_calibrate, only=args.only, exclude=args.exclude, fresh_blends=not args.fixed_blends,
-        curriculum=args.curriculum,
+        curriculum=args.curriculum, standardise_input=args.standardise_input,
     )
     info = json.loads((model_dir / TRAINING_INFO).read_text())
     print(f"saved {model_dir}: the checkpoint of step {info['steps']} (of {info['steps_run']} trained), "

@@ -34,8 +34,63 @@ LABELS = ["real", "fake"]
 PARITY_TOLERANCE = 1e-3  # largest logit difference allowed between torch and ONNX Runtime
 
 
-def build_model(size: str = "atto", seed: int = 0):
-    """A ConvNextV2ForImageClassification with two labels, weights drawn from `seed`."""
+# Per-crop input standardisation (demo recipe v5): the config key that turns it on, and the
+# variance floor, in units of the normalised input (a std of 0.01 is about half a grey level).
+STANDARDISE_KEY = "dfd_input_standardisation"
+STANDARDISE_EPS = 1e-4
+
+
+def standardise(pixel_values, eps: float = STANDARDISE_EPS):
+    """Each crop's channels to mean 0 and std 1 over its own pixels: (x - mean) / sqrt(var + eps).
+
+    A global per-channel gain and offset of a crop (a colour cast, white balance, exposure)
+    cancels out; what differs between parts of the crop (a blend's colour mismatch inside its
+    mask against outside) stays. Written with plain tensor ops so the ONNX graph carries it."""
+    mean = pixel_values.mean(dim=(2, 3), keepdim=True)
+    centred = pixel_values - mean
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    return centred / (var + eps).sqrt()
+
+
+def add_input_standardisation(model, eps: float = STANDARDISE_EPS):
+    """Make `model` standardise its input per crop (`standardise`) before its first layer, and
+    record that in its config, so a saved checkpoint reloaded with `load_trained` does it too and
+    the exported ONNX graph contains it: the worker's preprocessing and the bundle format stay as
+    they are. A forward pre-hook on the embeddings, so every path into the network (the
+    classifier's forward, `model.convnextv2(...)`) goes through it. Idempotent; returns `model`."""
+    from functools import partial
+
+    embeddings = model.convnextv2.embeddings
+    if not getattr(embeddings, "_dfd_standardised", False):
+        embeddings.register_forward_pre_hook(partial(_standardise_hook, eps=eps))
+        embeddings._dfd_standardised = True
+    setattr(model.config, STANDARDISE_KEY, {"eps": eps})
+    return model
+
+
+def _standardise_hook(module, args, eps):
+    return (standardise(args[0], eps),) + tuple(args[1:])
+
+
+def restore_input_standardisation(model):
+    """Re-attach the standardisation a saved config records (no-op for models without it)."""
+    recorded = getattr(model.config, STANDARDISE_KEY, None)
+    if recorded:
+        add_input_standardisation(model, float(recorded.get("eps", STANDARDISE_EPS)))
+    return model
+
+
+def load_trained(model_dir):
+    """A ConvNextV2ForImageClassification checkpoint, in eval mode, with what its config records
+    (input standardisation) attached: every loader of a trained model goes through this."""
+    from transformers import ConvNextV2ForImageClassification
+
+    return restore_input_standardisation(ConvNextV2ForImageClassification.from_pretrained(model_dir).eval())
+
+
+def build_model(size: str = "atto", seed: int = 0, standardise_input: bool = False):
+    """A ConvNextV2ForImageClassification with two labels, weights drawn from `seed`; with
+    `standardise_input`, the per-crop input standardisation in front (`add_input_standardisation`)."""
     import torch
     from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
 
@@ -50,7 +105,8 @@ def build_model(size: str = "atto", seed: int = 0):
         label2id={label: i for i, label in enumerate(LABELS)},
     )
     torch.manual_seed(seed)
-    return ConvNextV2ForImageClassification(config).eval()
+    model = ConvNextV2ForImageClassification(config).eval()
+    return add_input_standardisation(model) if standardise_input else model
 
 
 def export_onnx(model, path: Path, input_size: int) -> None:
