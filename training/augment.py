@@ -34,6 +34,7 @@ class Augment:
     noise: float = 0.0
     sharpen: float = 0.0
     cast: float = 0.0  # a global colour cast: each channel's own gain and offset (`colour_cast`)
+    field: float = 0.0  # a smooth colour field across the crop: each channel's own slowly varying gain (`colour_field`)
 
     @classmethod
     def cross_source(cls) -> "Augment":
@@ -48,6 +49,8 @@ class Augment:
             image = colour_jitter(image, rng)
         if rng.random() < self.cast:
             image = colour_cast(image, rng)
+        if rng.random() < self.field:
+            image = np.clip(image * colour_field(image.shape[:2], rng), 0, 255).astype(np.uint8)
         if rng.random() < self.grey:
             image = np.repeat(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         if rng.random() < self.blur:
@@ -78,6 +81,25 @@ def colour_cast(image: np.ndarray, rng: np.random.Generator, gain: float = 0.25,
     times its own gain (1 +- `gain`) plus its own offset (+- `offset` grey levels)."""
     x = image.astype(np.float32) * rng.uniform(1 - gain, 1 + gain, 3) + rng.uniform(-offset, offset, 3)
     return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def colour_field(shape: tuple[int, int], rng: np.random.Generator, blobs: int = 3,
+                 strength: float = 0.25) -> np.ndarray:
+    """A smooth per-channel gain field (H, W, 3), around 1: a random linear gradient plus `blobs` wide
+    Gaussian blobs, each channel its own, so the colour varies slowly across the image like skin
+    under real light; only low spatial frequencies (blob widths a quarter of the image and more)."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = y / max(h - 1, 1), x / max(w - 1, 1)
+    field = np.ones((h, w, 3), np.float32)
+    for c in range(3):
+        gy, gx = rng.uniform(-strength, strength, size=2)
+        field[..., c] += gy * (y - 0.5) + gx * (x - 0.5)
+        for _ in range(blobs):
+            cy, cx = rng.uniform(0.1, 0.9, size=2)
+            sigma = rng.uniform(0.25, 0.5)
+            field[..., c] += rng.uniform(-strength, strength) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
+    return np.clip(field, 0.3, 1.7)
 
 
 def down_up(image: np.ndarray, factor: float) -> np.ndarray:
