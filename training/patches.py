@@ -106,6 +106,21 @@ def random_patch(image: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     return cv2.resize(patch, (size, size), interpolation=interpolation)
 
 
+def _rng(key: str) -> np.random.Generator:
+    """A generator seeded by a name, so each image's crops are the same on every build."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+
+
+def _real_row(rel: str, video: str, group: str, source: str, k: int, lm: np.ndarray) -> dict:
+    """The metadata row of one real training crop made here (no detection box; its landmarks)."""
+    row = {"crop": rel, "video": video, "group": group, "split": "train", "label": "real",
+           "origin": "image", "source": source, "frame_index": 0, "time_s": 0.0, "face_index": k,
+           "x1": "", "y1": "", "x2": "", "y2": "", "det_score": "",
+           "dataset": SOURCE, "manipulation": "real", "donor": ""}
+    row.update({f"lm{i}{axis}": round(float(lm[i, j]), 2) for i in range(5) for j, axis in enumerate("xy")})
+    return row
+
+
 def add_patches(folder: str | Path, images: list[tuple[str, np.ndarray]], per_image: int, seed: int = 0) -> int:
     """Add `per_image` real patches of every image to a prepared folder (training split, source
     `patches`, one group per image), with landmarks drawn from the folder's real training faces.
@@ -122,20 +137,14 @@ def add_patches(folder: str | Path, images: list[tuple[str, np.ndarray]], per_im
     for name, image in images:
         if FORBIDDEN in name:
             raise ValueError(f"{name}: the held-out source {FORBIDDEN} is never a training patch")
-        digest = hashlib.sha256(f"{name}|{seed}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        rng = _rng(f"{name}|{seed}")
         for k in range(per_image):
             patch, lm = random_patch(image, size, rng), face_layout(pool, size, rng)
             rel = f"crops/real/{SOURCE}/{name}_{k:03d}.png"
             if rel in done:
                 continue
             save_rgb(folder / rel, patch)
-            row = {"crop": rel, "video": f"{SOURCE}:{name}", "group": f"{SOURCE}-{name}", "split": "train", "label": "real",
-                   "origin": "image", "source": name, "frame_index": 0, "time_s": 0.0, "face_index": k,
-                   "x1": "", "y1": "", "x2": "", "y2": "", "det_score": "",
-                   "dataset": SOURCE, "manipulation": "real", "donor": ""}
-            row.update({f"lm{i}{axis}": round(float(lm[i, j]), 2) for i in range(5) for j, axis in enumerate("xy")})
-            new.append(row)
+            new.append(_real_row(rel, f"{SOURCE}:{name}", f"{SOURCE}-{name}", name, k, lm))
     append_rows(folder / "metadata.csv", META_FIELDS, new)
     check_groups(read_table(folder / "metadata.csv"), str(folder / "metadata.csv"))
     return len(new)
@@ -172,20 +181,14 @@ def add_face_crops(folder: str | Path, faces: list[tuple[str, np.ndarray, np.nda
             raise ValueError(f"{name}: the held-out source {FORBIDDEN} is never a training face")
         if split_of.get(group, "train") != "train":
             raise ValueError(f"{name}: group {group!r} is in {split_of[group]}, not train")
-        digest = hashlib.sha256(f"face|{name}|{seed}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        rng = _rng(f"face|{name}|{seed}")
         for k in range(per_face):
             crop, lm = face_crop(image, np.asarray(landmarks, np.float64), size, rng)
             rel = f"crops/real/{SOURCE}/face-{name}_{k:03d}.png"
             if rel in done:
                 continue
             save_rgb(folder / rel, crop)
-            row = {"crop": rel, "video": f"{SOURCE}:face-{name}", "group": group, "split": "train", "label": "real",
-                   "origin": "image", "source": name, "frame_index": 0, "time_s": 0.0, "face_index": k,
-                   "x1": "", "y1": "", "x2": "", "y2": "", "det_score": "",
-                   "dataset": SOURCE, "manipulation": "real", "donor": ""}
-            row.update({f"lm{i}{axis}": round(float(lm[i, j]), 2) for i in range(5) for j, axis in enumerate("xy")})
-            new.append(row)
+            new.append(_real_row(rel, f"{SOURCE}:face-{name}", group, name, k, lm))
     append_rows(folder / "metadata.csv", META_FIELDS, new)
     check_groups(read_table(folder / "metadata.csv"), str(folder / "metadata.csv"))
     return len(new)
