@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -137,3 +139,12 @@ def health_server():
     server = HealthServer(state, port=0, host="127.0.0.1").start()
     yield state, server.port
     server.stop()
+
+
+def http_status(port: int, path: str) -> int:
+    """The status of GET http://127.0.0.1:port/path (error statuses included)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -4,13 +4,11 @@ health server, the CPU image), and the workers' rebalance settings."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 
 import pytest
 
 from tests.deploy.conftest import DOCKER, KUBERNETES, OVERLAYS, dockerfile_env, one, pod_env
-from tests.deploy.conftest import render, split_image
+from tests.deploy.conftest import http_status, render, split_image
 from tests.deploy.test_compose import compose, service_settings
 from worker.cli import main
 from worker.settings import Settings
@@ -52,14 +50,6 @@ def test_uses_the_cpu_image_in_every_overlay():
     assert images["cpu"] == images["gpu"] == cpu_worker
 
 
-def _get(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_probes_and_monitor_hit_the_health_server(overlay, health_server):
     _, resources = overlay
     container = _container(resources)
@@ -71,7 +61,7 @@ def test_probes_and_monitor_hit_the_health_server(overlay, health_server):
     state.tick(broker_reachable=True)
     for kind in ("liveness", "readiness"):
         probe = container[f"{kind}Probe"]["httpGet"]
-        assert probe["port"] == "http" and _get(port, probe["path"]) == 200
+        assert probe["port"] == "http" and http_status(port, probe["path"]) == 200
     monitor = one(resources, "PodMonitor", "dfd-materializer")
     pod_labels = one(resources, "Deployment", "dfd-materializer")["spec"]["template"]["metadata"]["labels"]
     assert pod_labels.items() >= monitor["spec"]["selector"]["matchLabels"].items()

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import DOCKER, KUBERNETES, OVERLAYS, dockerfile_env, one, pod_env, render, split_image, worker_container
+from tests.deploy.conftest import http_status
 from worker.settings import ENV_PREFIX, Settings, env_name
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -152,14 +153,6 @@ def test_overlays_pick_their_execution_providers():
 # --- probes and metrics against the worker's health server ---------------------------------
 
 
-def _get(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_container_port_is_the_workers_http_port(overlay):
     name, resources = overlay
     settings = settings_for(name, resources)
@@ -176,17 +169,17 @@ def test_probes_hit_the_health_servers_endpoints(overlay, health_server):
     state, port = health_server
 
     # starting: alive but not ready (models not loaded, broker not reached)
-    assert _get(port, probes["startup"]["path"]) == 200
-    assert _get(port, probes["liveness"]["path"]) == 200
-    assert _get(port, probes["readiness"]["path"]) == 503
+    assert http_status(port, probes["startup"]["path"]) == 200
+    assert http_status(port, probes["liveness"]["path"]) == 200
+    assert http_status(port, probes["readiness"]["path"]) == 503
     # models loaded and broker reachable: ready
     state.models_loaded = True
     state.tick(broker_reachable=True)
-    assert _get(port, probes["readiness"]["path"]) == 200
+    assert http_status(port, probes["readiness"]["path"]) == 200
     # broker lost: out of the ready set, still alive (no restart for a broker outage)
     state.tick(broker_reachable=False)
-    assert _get(port, probes["readiness"]["path"]) == 503
-    assert _get(port, probes["liveness"]["path"]) == 200
+    assert http_status(port, probes["readiness"]["path"]) == 503
+    assert http_status(port, probes["liveness"]["path"]) == 200
 
 
 def test_podmonitor_scrapes_the_metrics_endpoint(overlay, health_server):
