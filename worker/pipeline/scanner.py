@@ -26,7 +26,7 @@ from worker.models.classifier import FakeClassifier
 from worker.models.crops import crop_faces
 from worker.models.retinaface import FaceDetector
 from worker.pipeline.aggregate import STRATEGIES, aggregate
-from worker.pipeline.tracks import Track, counted, early_label_tracks, link_tracks, spread, video_score
+from worker.pipeline.tracks import Track, counted, early_label_tracks, highest_counted, link_tracks, spread
 from worker.pipeline.neardup import NearDuplicates
 from worker.settings import Settings
 from worker.types import (
@@ -270,8 +270,8 @@ class Scanner:
     def _classify_early(self, tracks: list[list[Track]], owners: list, crops: np.ndarray) -> tuple[np.ndarray, dict]:
         """Fake scores in two rounds: every other chosen crop of each track (spread over it),
         then the rest only for videos whose label those could still change. Scores of faces
-        left out are NaN; `early[video index]` = (is_fake, score bound, frames scored, frames
-        with faces) for videos decided after the first round (exact: see early_label_tracks)."""
+        left out are NaN; `early[video index]` = (is_fake, score bound, frames scored) for videos
+        decided after the first round (exact: see early_label_tracks)."""
         rows: list[list[list[int]]] = [[[] for _ in video_tracks] for video_tracks in tracks]
         for i, (vi, _, _, ti) in enumerate(owners):
             rows[vi][ti].append(i)
@@ -287,9 +287,7 @@ class Scanner:
             lengths = [len(t.members) for t in tracks[vi]]
             got = early_label_tracks(known, lengths, self.aggregation, self.threshold)
             if got is not None:
-                frames_scored = len({owners[i][1].index for r in video_rows for i in r[::2]})
-                frames_with_faces = len({owners[i][1].index for r in video_rows for i in r})
-                early[vi] = (*got, frames_scored, frames_with_faces)
+                early[vi] = (*got, len({owners[i][1].index for r in video_rows for i in r[::2]}))
         round2 = [i for i, (vi, _, _, _) in enumerate(owners) if np.isnan(scores[i]) and vi not in early]
         if round2:
             scores[round2] = self.classifier.predict(crops[round2])
@@ -297,7 +295,7 @@ class Scanner:
 
     def _verdict(
         self, video: DecodedVideo, faces: list[FaceResult], face_tracks: list[int], tracks: list[Track],
-        timings: dict[str, float], faces_dropped: int = 0, early: tuple[bool, float, int, int] | None = None,
+        timings: dict[str, float], faces_dropped: int = 0, early: tuple[bool, float, int] | None = None,
         frames_with_faces: int = 0,
     ) -> Verdict:
         req = video.request
@@ -339,14 +337,14 @@ class Scanner:
         if early is not None:
             # decided before every chosen face was scored: the label is the one full scoring
             # would give, and the score is the bound that decided it (the full score lies beyond it)
-            is_fake, bound, frames_scored, _ = early
+            is_fake, bound, frames_scored = early
             return Verdict(
                 label=LABEL_FAKE if is_fake else LABEL_REAL,
                 score=bound,
                 early_decision={"frames_scored": frames_scored, "score_is": "lower_bound" if is_fake else "upper_bound"},
                 **common,
             )
-        score, _ = video_score([[faces[i].fake_score for i in m] for m in members], lengths, self.aggregation)
+        score = highest_counted(per_track, lengths)  # every chosen face was scored: no track is None
         timings["aggregate"] = _ms_since(t0)
         return Verdict(
             label=LABEL_FAKE if score >= self.threshold else LABEL_REAL,

@@ -122,8 +122,12 @@ def video_score(track_scores: Sequence[Sequence[float]], lengths: Sequence[int],
     """(video score, per-track scores): each track's scores aggregated with `strategy`, the
     video score the highest of the counted tracks'. One track: exactly `aggregate`."""
     per_track = [aggregate(s, strategy) for s in track_scores]
-    keep = counted(lengths)
-    return max(s for s, ok in zip(per_track, keep) if ok), per_track
+    return highest_counted(per_track, lengths), per_track
+
+
+def highest_counted(per_track: Sequence[float], lengths: Sequence[int]) -> float:
+    """The video score from its tracks' scores: the highest of the tracks that count."""
+    return max(s for s, ok in zip(per_track, counted(lengths)) if ok)
 
 
 def early_label_tracks(
