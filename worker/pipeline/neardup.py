@@ -402,23 +402,34 @@ for i = 1, #keys do
 end
 return {table.concat(lens), table.concat(parts)}
 """
-# Index writes, keys derived the same way: ARGV[1] the list cap in bytes, ARGV[2] the video's
-# hashes end to end, ARGV[3] their ids (8 bytes each, little-endian), ARGV[4] the video number,
-# ARGV[5] the TTL. The hashes are stored as one string per video, expiring with its summary; an
-# id is appended to a posting list whose TTL is then renewed. A list at the cap first drops its
-# expired ids (those whose video's hashes are gone): ids grow with the video counter and every
-# video has the same TTL, so they form a prefix, and a binary search over EXISTS finds its end.
-# The id is appended only if the list is then under the cap. A foreign value is left alone.
+# Index writes, keys derived the same way, in one script so that a video is indexed whole or
+# not at all: ARGV[1] the list cap in bytes, ARGV[2] the video's hashes end to end, ARGV[3] the
+# request id, ARGV[4] the summary, ARGV[5] the TTL, ARGV[6] SLOTS_PER_VIDEO. A request indexed
+# before answers 0 and changes nothing. Otherwise it takes the next video number, its summary and
+# its hashes (one string per video) are stored with the TTL, and each hash's id (video number *
+# slots + slot, 8 bytes little-endian) is appended to its 16 posting lists, whose TTL is then
+# renewed. A list at the cap first drops its expired ids (those whose video's hashes are gone):
+# ids grow with the video counter and every video has the same TTL, so they form a prefix, and
+# a binary search over EXISTS finds its end. The id is appended only if the list is then under
+# the cap. A foreign value is left alone.
 _ADD_LUA = """
 local ns = string.sub(KEYS[1], 1, -5)
-local cap, q, ids, ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5])
-redis.call('SET', ns .. ':vh:' .. ARGV[4], q, 'EX', ttl)
+local cap, q, ttl, slots = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
+local request = ns .. ':r:' .. ARGV[3]
+if redis.call('EXISTS', request) == 1 then return 0 end
+local video = redis.call('INCR', KEYS[1])
+local number = string.format('%.0f', video)
+redis.call('SET', request, number, 'EX', ttl)
+redis.call('SET', ns .. ':v:' .. number, ARGV[4], 'EX', ttl)
+if #q == 0 then return 1 end
+redis.call('SET', ns .. ':vh:' .. number, q, 'EX', ttl)
 local function live(list, k)  -- is the k-th id (0-based) of `list` a video whose hashes are kept?
   local lo, hi = struct.unpack('<I4I4', list, 8 * k + 1)
   return redis.call('EXISTS', string.format('%s:vh:%.0f', ns, math.floor((hi * 4294967296 + lo) / 256))) == 1
 end
 for h = 0, #q / 32 - 1 do
-  local id = string.sub(ids, 8 * h + 1, 8 * h + 8)
+  local n_id = video * slots + h
+  local id = struct.pack('<I4I4', n_id % 4294967296, math.floor(n_id / 4294967296))
   for i = 0, 15 do
     local a, b = string.byte(q, 32 * h + 2 * i + 1, 32 * h + 2 * i + 2)
     local key = string.format('%s:p:%d:%02x%02x', ns, i, a, b)
@@ -505,19 +516,13 @@ class HashIndex:
         return ids, found
 
     def add(self, request_id: str, summary: dict, hashes: Sequence[bytes]) -> bool:
-        """Index one video's hashes under a new video number; False if the request was indexed already."""
+        """Index one video's hashes under a new video number, in one round trip; False if the
+        request was indexed already. Bad hashes are refused before anything is written."""
         hashes = list(hashes)[:SLOTS_PER_VIDEO]
-        video = int(self.client.incr(f"{self.ns}:seq"))
-        if not self.client.set(f"{self.ns}:r:{request_id}", video, nx=True, ex=self.ttl_s):
-            return False
-        if any(len(h) != HASH_BYTES for h in hashes):
+        if any(not isinstance(h, bytes) or len(h) != HASH_BYTES for h in hashes):
             raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes")
-        ids = [video * SLOTS_PER_VIDEO + slot for slot in range(len(hashes))]
-        self.client.set(f"{self.ns}:v:{video}", json.dumps(summary), ex=self.ttl_s)
-        if hashes:
-            self._add(keys=[f"{self.ns}:seq"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes),
-                                                     np.array(ids, _ID).tobytes(), video, self.ttl_s])
-        return True
+        return bool(self._add(keys=[f"{self.ns}:seq"], args=[MAX_BUCKET * _ID.itemsize, b"".join(hashes), request_id,
+                                                             json.dumps(summary), self.ttl_s, SLOTS_PER_VIDEO]))
 
 
 # -- what the Scanner calls -----------------------------------------------------------------

@@ -353,6 +353,21 @@ def test_redelivered_requests_are_indexed_once_and_expired_entries_do_not_match(
     assert near.lookup(video) is None
 
 
+def test_a_bad_hash_is_refused_before_anything_is_written(stack):
+    near = _index_near(stack)
+    bits = [h.bits for h in _random_video(np.random.default_rng(6)).frames]
+    with pytest.raises(ValueError, match="32 bytes"):
+        near.index.add("req-bad", {"request_id": "req-bad", "label": "fake"}, [*bits[:3], b"short"])
+    assert list(near.index.client.scan_iter(f"{near.index.ns}:*")) == []  # no request mark, number, summary or list
+    # the same request with good hashes is indexed whole, in one step: mark, summary, hashes and lists
+    assert near.index.add("req-bad", {"request_id": "req-bad", "label": "fake"}, bits)
+    client, ns = near.index.client, near.index.ns
+    assert client.get(f"{ns}:r:req-bad") == b"1" and json.loads(client.get(f"{ns}:v:1"))["label"] == "fake"
+    assert client.get(f"{ns}:vh:1") == b"".join(bits)
+    ids, _ = near.index.candidates(bits[:1])
+    assert 1 * neardup.SLOTS_PER_VIDEO + 0 in ids.tolist()
+
+
 def test_flat_frames_are_neither_looked_up_nor_indexed(stack):
     near = _index_near(stack)
     flat = _random_video(np.random.default_rng(5), quality=10)
