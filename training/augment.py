@@ -35,6 +35,9 @@ class Augment:
     sharpen: float = 0.0
     cast: float = 0.0  # a global colour cast: each channel's own gain and offset (`colour_cast`)
     field: float = 0.0  # a smooth colour field across the crop: each channel's own slowly varying gain (`colour_field`)
+    # a source's own look, given to a real crop BEFORE it is blended (`source_look`): heavy compression at low
+    # resolution, as footage streamed at a few kbit/s has; a fake made from such a crop keeps it under the blend
+    source: float = 0.0
 
     @classmethod
     def cross_source(cls) -> "Augment":
@@ -65,6 +68,15 @@ class Augment:
         if rng.random() < self.jpeg:
             image = jpeg(image, int(rng.integers(*self.jpeg_quality)))
         return np.ascontiguousarray(image)
+
+
+def source_look(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop as a badly compressed low-resolution source would hand it over: scaled down to 30-70%,
+    JPEG at quality 8-35 (blocks, lost detail, smeared chroma), scaled back up."""
+    h, w = image.shape[:2]
+    factor = rng.uniform(0.3, 0.7)
+    small = cv2.resize(image, (max(8, int(w * factor)), max(8, int(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(jpeg(small, int(rng.integers(8, 36))), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def colour_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

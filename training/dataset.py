@@ -221,13 +221,21 @@ class CropDataset:
         # process and epoch, where a numpy Generator would be copied into each worker as is.
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item())) if self.augment or self.fresh_blends else None
         row = self.rows[i]
+        # a source's look goes on the real pixels before any blend, so fakes carry it under the blend
+        look = self.augment is not None and self.augment.source > 0 and rng.random() < self.augment.source
         if self.fresh_blends and row.get("manipulation") == "self-blend" and landmarks_of(row) is not None:
+            from training.augment import source_look
             from training.synth import self_blend
 
             parent = load_rgb(self.folder / row["source"])
+            parent = source_look(parent, rng) if look else parent
             image = self._resize(self_blend(parent, landmarks_of(row), rng, self.blend_strength)[0])
         else:
             image = self.image(i)
+            if look and row.get("label") == "real":
+                from training.augment import source_look
+
+                image = source_look(image, rng)
         if self.augment is not None:
             image = self.augment(image, rng)
         from worker.models.classifier import normalise
