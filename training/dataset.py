@@ -124,11 +124,14 @@ def write_table(path: Path, fields: list[str], rows: Iterable[dict]) -> None:
 
 
 def read_metadata(folder: str | Path) -> list[dict[str, str]]:
+    """The prepared crops' rows, sorted by crop name: `prepare` writes a video's rows when its
+    decode finishes, in whatever order the thread pool finishes them, and what is drawn from the
+    rows (blend landmarks for patches, face-swap donors, training batches) must not depend on it."""
     folder = Path(folder)
     rows = read_table(folder / "metadata.csv")
     if not rows:
         raise DataError(f"{folder} holds no prepared crops (no metadata.csv rows): run `dfd-train prepare` first")
-    return rows
+    return sorted(rows, key=lambda r: r["crop"])
 
 
 def read_prepare_info(folder: str | Path) -> dict:

@@ -33,7 +33,7 @@ def test_patches_join_the_training_split_with_face_landmarks_and_no_carphone(pre
     assert added == 3 * len(images)
     assert patches.add_patches(folder, images, per_image=3) == 0  # a rerun adds nothing
     rows = read_metadata(folder)
-    new = rows[len(before):]
+    new = [r for r in rows if r["crop"] not in {b["crop"] for b in before}]
     assert len(new) == added
     for row in new:
         assert (row["split"], row["label"], row["dataset"]) == ("train", "real", "patches")
@@ -121,3 +121,28 @@ def test_face_crops_join_their_still_group_in_training_and_carphone_is_refused(p
     val_group = next(r["group"] for r in read_metadata(folder) if r["split"] == "val")
     with pytest.raises(ValueError, match="not train"):
         patches.add_face_crops(folder, [("x", image, lm, val_group)], per_face=1)
+
+
+def test_the_order_prepare_wrote_rows_in_changes_no_patch_blend_or_swap(prepared, images, tmp_path):
+    """prepare writes each video's rows when its decode finishes; two builds of the same data must
+    still make the same carriers, blends and swaps (landmark pools, donors drawn from the rows)."""
+    import csv
+
+    made = []
+    for name, order in (("as-written", 1), ("reversed", -1)):
+        folder = tmp_path / name
+        shutil.copytree(prepared, folder)
+        with open(folder / "metadata.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        with open(folder / "metadata.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows[::order])
+        patches.add_patches(folder, images[:3], per_image=4)
+        synthesize(folder, per_real=1, progress=False)
+        synthesize(folder, per_real=1, method="faceswap", progress=False)
+        made.append({r["crop"]: (r, (folder / r["crop"]).read_bytes()) for r in read_metadata(folder)})
+    assert made[0].keys() == made[1].keys()
+    assert all(made[0][k][1] == made[1][k][1] for k in made[0])  # every crop, byte for byte
+    assert all(made[0][k][0]["donor"] == made[1][k][0]["donor"] for k in made[0])
