@@ -72,3 +72,19 @@ def test_an_unreachable_registry_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(media.MediaError, match="could not fetch .*DFD_NPM_REGISTRY"):
         media.fetch("tracking", root=tmp_path)
     assert not (tmp_path / media.PACKAGES["tracking"].folder / ".complete").exists()
+
+
+def test_a_package_is_fetched_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    data = _tarball({"package/a.jpg": b"A", "package/b/c.jpg": b"C"})
+    package = media.Package("demo-faces", "1.0.0", _integrity(data), PKG.files)
+    monkeypatch.setitem(media.PACKAGES, "demo-faces", package)
+    downloads = []
+    monkeypatch.setattr(media, "_download", lambda url: downloads.append(url) or data)
+    first = media.fetch("demo-faces", root=tmp_path)
+    assert media.fetch("demo-faces", root=tmp_path) == first and (first / "c.jpg").read_bytes() == b"C"
+    assert downloads == [package.url]
+    # a tarball that changed on the registry is refused and nothing is marked complete
+    monkeypatch.setattr(media, "_download", lambda url: data + b"\0")
+    with pytest.raises(media.MediaError, match="checksum"):
+        media.fetch("demo-faces", root=tmp_path / "other")
+    assert not (tmp_path / "other" / package.folder / ".complete").exists()
