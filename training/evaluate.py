@@ -2,9 +2,11 @@
 
 Scores every validation and test crop with the torch model, then reports frame- and
 video-level AUC, AP, F1, EER, accuracy and confusion matrices. Frames take the highest
-score of their faces and videos aggregate frames with the worker's own
-`worker.pipeline.aggregate`, so a video threshold tuned here means the same thing in a
-verdict. The threshold is chosen on validation (best F1, a target false-positive rate or a
+score of their faces. A video's score is computed as the worker computes it: its faces are
+linked into tracks across frames (`worker.pipeline.tracks`, from the face boxes `prepare`
+stored), each track's scores aggregated with `worker.pipeline.aggregate`, and the video takes
+the highest of the tracks that count, so a video threshold tuned here means the same thing in
+a verdict (with one face, the same as aggregating its frames). The threshold is chosen on validation (best F1, a target false-positive rate or a
 target precision) and reported on test, never tuned on test. Also draws ROC and PR curves,
 score histograms, a t-SNE of the pooled embeddings before and after fine-tuning, and the
 worst mistakes, and links them from one Markdown report.
@@ -22,6 +24,7 @@ import numpy as np
 from training import metrics
 from training.dataset import LABELS, CropDataset, DataError, check_two_classes, manipulation_of, read_metadata, select, source_of
 from worker.pipeline.aggregate import STRATEGIES, aggregate, frame_scores
+from worker.pipeline.tracks import link_tracks, video_score
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +75,45 @@ def frame_level(rows: list[dict], scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.array(labels), np.array(values)
 
 
+def _box(row: dict) -> np.ndarray | None:
+    try:
+        return np.array([float(row[k]) for k in ("x1", "y1", "x2", "y2")])
+    except (KeyError, TypeError, ValueError):  # stills and patches made without a detector
+        return None
+
+
+def track_video_score(rows: list[dict], scores: np.ndarray, strategy: str) -> float | None:
+    """One video's score as the worker computes it (the highest counted face track), from its
+    crops' rows and scores; None when a row has no face box. Frames are taken in order of their
+    index; frames without a face have no row, so a gap the worker would count is not seen here."""
+    frames = sorted({int(r["frame_index"]) for r in rows})
+    position = {f: t for t, f in enumerate(frames)}
+    boxes: list[list[np.ndarray]] = [[] for _ in frames]
+    owners: list[list[int]] = [[] for _ in frames]
+    for i, row in enumerate(rows):
+        box = _box(row)
+        if box is None:
+            return None
+        t = position[int(row["frame_index"])]
+        boxes[t].append(box)
+        owners[t].append(i)
+    tracks = link_tracks(boxes)
+    per_track = [[float(scores[owners[t][d]]) for t, d in track.members] for track in tracks]
+    return video_score(per_track, [len(track.members) for track in tracks], strategy)[0]
+
+
 def video_level(rows: list[dict], scores: np.ndarray, strategy: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     table = video_table(rows, scores)
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_video[row["video"]].append(i)
     videos = sorted(table)
-    return (
-        np.array([table[v][0] for v in videos]),
-        np.array([aggregate(table[v][1], strategy) for v in videos]),
-        videos,
-    )
+    values = []
+    for v in videos:
+        idx = by_video[v]
+        tracked = track_video_score([rows[i] for i in idx], scores[idx], strategy)
+        values.append(aggregate(table[v][1], strategy) if tracked is None else tracked)
+    return np.array([table[v][0] for v in videos]), np.array(values), videos
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -340,8 +374,9 @@ def markdown_report(r: dict, final: str) -> str:
     lines = [
         "# Evaluation report", "",
         f"Model `{r['model']['dir']}` (base `{r['model']['base']}`, input {r['model']['input_size']} px, "
-        f"{r['model']['steps']} steps). Video score: `{r['aggregation']}` of per-frame scores (a frame scores its "
-        "most suspicious face), as the worker computes it.", "",
+        f"{r['model']['steps']} steps). Video score: the highest of its face tracks' `{r['aggregation']}` scores "
+        f"(with one face: the `{r['aggregation']}` of its frames), as the worker computes it; frame figures score a frame "
+        "by its most suspicious face.", "",
         f"Thresholds were tuned on **validation** by `{r['method']}`"
         + (f" (target {r['target']})" if r["target"] is not None else "")
         + f" and are reported on **{final}**: video threshold **{r['threshold']:.4f}**, frame threshold {r['frame_threshold']:.4f}.", "",

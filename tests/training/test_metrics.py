@@ -123,3 +123,29 @@ def test_breakdown_by_source_and_manipulation_takes_the_right_rows():
     assert by_manipulation["real"]["frame"]["auc"] is None and by_manipulation["real"]["frame"]["fpr"] == pytest.approx(1 / 3)
     assert set(cross["a"]) == {"self-blend", "face-swap"} and set(cross["b"]) == {"self-blend"}
     assert cross["a"]["face-swap"]["frame"]["auc"] == pytest.approx(0.5)  # 0.6 sits between the reals 0.1 and 0.7
+
+
+def test_a_video_scores_as_the_worker_scores_it_its_most_suspicious_face_track():
+    """Two people side by side in three frames: A scores 0.9, 0.1, 0.1 and B 0.1, 0.8, 0.1. Per
+    frame the highest face gives 0.9, 0.8, 0.1 (mean 0.6); the worker links faces into tracks and
+    takes the highest track's mean, A's 0.367. Evaluation must say what a verdict will say."""
+    from training.evaluate import video_level
+    from worker.pipeline.tracks import link_tracks, video_score
+
+    def row(frame, x, label="fake", video="v"):
+        return {"crop": f"{video}-{frame}-{x}", "video": video, "frame_index": str(frame), "label": label,
+                "x1": str(x), "y1": "100", "x2": str(x + 80), "y2": "180"}
+
+    rows = [row(f, x) for f in range(3) for x in (100, 400)]
+    scores = np.array([0.9, 0.1, 0.1, 0.8, 0.1, 0.1])
+    _, values, videos = video_level(rows, scores, "mean")
+    assert videos == ["v"] and values[0] == pytest.approx((0.9 + 0.1 + 0.1) / 3)
+    boxes = [[[100, 100, 180, 180], [400, 100, 480, 180]]] * 3
+    tracks = link_tracks(boxes)
+    worker = video_score([[scores[2 * t + d] for t, d in tr.members] for tr in tracks], [3, 3], "mean")[0]
+    assert values[0] == pytest.approx(worker)
+    # one face per frame: exactly the aggregate of its frames; rows without boxes: per frame, as before
+    one = [row(f, 100, video="w") for f in range(3)]
+    assert video_level(one, np.array([0.2, 0.5, 0.8]), "max")[1][0] == pytest.approx(0.8)
+    still = [{k: v for k, v in r.items() if k not in ("x1", "y1", "x2", "y2")} for r in rows]
+    assert video_level(still, scores, "mean")[1][0] == pytest.approx(0.6)
