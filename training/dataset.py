@@ -16,6 +16,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from training.augment import source_look
+
 LABELS = ("real", "fake")  # index = class id; the bundle's fake_index is 1
 SPLITS = ("train", "val", "test")
 
@@ -227,7 +229,6 @@ class CropDataset:
         # a source's look goes on the real pixels before any blend, so fakes carry it under the blend
         look = self.augment is not None and self.augment.source > 0 and rng.random() < self.augment.source
         if self.fresh_blends and row.get("manipulation") == "self-blend" and landmarks_of(row) is not None:
-            from training.augment import source_look
             from training.synth import self_blend
 
             parent = load_rgb(self.folder / row["source"])
@@ -236,8 +237,6 @@ class CropDataset:
         else:
             image = self.image(i)
             if look and row.get("label") == "real":
-                from training.augment import source_look
-
                 image = source_look(image, rng)
         if self.augment is not None:
             image = self.augment(image, rng)

@@ -6,10 +6,11 @@ score of their faces. A video's score is computed as the worker computes it: its
 linked into tracks across frames (`worker.pipeline.tracks`, from the face boxes `prepare`
 stored), each track's scores aggregated with `worker.pipeline.aggregate`, and the video takes
 the highest of the tracks that count, so a video threshold tuned here means the same thing in
-a verdict (with one face, the same as aggregating its frames). The threshold is chosen on validation (best F1, a target false-positive rate or a
-target precision) and reported on test, never tuned on test. Also draws ROC and PR curves,
-score histograms, a t-SNE of the pooled embeddings before and after fine-tuning, and the
-worst mistakes, and links them from one Markdown report.
+a verdict (with one face, the same as aggregating its frames). The threshold is chosen on
+validation (best F1, a target false-positive rate or a target precision) and reported on
+test, never tuned on test. Also draws ROC and PR curves, score histograms, a t-SNE of the
+pooled embeddings before and after fine-tuning, and the worst mistakes, and links them from
+one Markdown report.
 """
 
 from __future__ import annotations
@@ -55,13 +56,18 @@ def score_crops(model, dataset: CropDataset, batch_size: int = 64, desc: str | N
     return np.concatenate(probs).astype(np.float64), np.concatenate(embeddings)
 
 
-def video_table(rows: list[dict], scores: np.ndarray) -> dict[str, tuple[int, np.ndarray]]:
-    """video id -> (label, per-frame scores), frames scored by their highest face."""
+def rows_by_video(rows: list[dict]) -> dict[str, list[int]]:
+    """video id -> the positions of its rows."""
     by_video: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_video[row["video"]].append(i)
+    return by_video
+
+
+def video_table(rows: list[dict], scores: np.ndarray) -> dict[str, tuple[int, np.ndarray]]:
+    """video id -> (label, per-frame scores), frames scored by their highest face."""
     table = {}
-    for video, idx in by_video.items():
+    for video, idx in rows_by_video(rows).items():
         _, per_frame = frame_scores([int(rows[i]["frame_index"]) for i in idx], scores[idx])
         table[video] = (LABELS.index(rows[idx[0]]["label"]), per_frame)
     return table
@@ -103,10 +109,7 @@ def track_video_score(rows: list[dict], scores: np.ndarray, strategy: str) -> fl
 
 
 def video_level(rows: list[dict], scores: np.ndarray, strategy: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    table = video_table(rows, scores)
-    by_video: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_video[row["video"]].append(i)
+    table, by_video = video_table(rows, scores), rows_by_video(rows)
     videos = sorted(table)
     values = []
     for v in videos:

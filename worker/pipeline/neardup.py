@@ -425,7 +425,7 @@ if #q == 0 then return 1 end
 redis.call('SET', ns .. ':vh:' .. number, q, 'EX', ttl)
 local function live(list, k)  -- is the k-th id (0-based) of `list` a video whose hashes are kept?
   local lo, hi = struct.unpack('<I4I4', list, 8 * k + 1)
-  return redis.call('EXISTS', string.format('%s:vh:%.0f', ns, math.floor((hi * 4294967296 + lo) / 256))) == 1
+  return redis.call('EXISTS', string.format('%s:vh:%.0f', ns, math.floor((hi * 4294967296 + lo) / slots))) == 1
 end
 for h = 0, #q / 32 - 1 do
   local n_id = video * slots + h
